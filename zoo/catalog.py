@@ -1,0 +1,130 @@
+"""The catalog: every published checkpoint, pinned (repo, revision, file hashes), shipped with the package.
+
+``zoo/catalog.json`` is written by ``zoo publish`` from what was actually published, never by
+hand. Extra catalogs (an air-gapped site's own models, a test's mirror) are merged on top from
+the files listed in ``$ZOO_CATALOG`` (separated by the OS path separator).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import NotPublishedError, UnknownNameError, UnknownVariantError, close_matches
+from .names import ModelName, canonical, parse_name
+
+PACKAGED = Path(__file__).with_name("catalog.json")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    data: dict
+
+    def __getattr__(self, key):  # entry.repo_id, entry.revision, entry.files, ...
+        try:
+            return self.data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def bn_variants(self) -> list[str]:
+        return list(self.data.get("bn_variants", []))
+
+    def file(self, filename: str) -> dict:
+        return self.data["files"][filename]
+
+
+def catalog_paths() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("ZOO_CATALOG", "").split(os.pathsep) if p]
+    return [PACKAGED] + extra
+
+
+@lru_cache(maxsize=8)
+def _load(paths: tuple[Path, ...], stamps: tuple) -> dict:
+    merged = {"models": {}, "bases": {}}
+    for path in paths:
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        merged["models"].update(data.get("models", {}))
+        merged["bases"].update(data.get("bases", {}))
+    return merged
+
+
+def catalog() -> dict:
+    paths = tuple(catalog_paths())
+    stamps = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
+    return _load(paths, stamps)
+
+
+def published_names() -> list[str]:
+    data = catalog()
+    names = set(data["models"])
+    for arch, base in data["bases"].items():
+        entry = data["models"].get(base, {})
+        for domain in entry.get("bn_variants", []):
+            names.add(f"base-{domain}-{arch}")
+    return sorted(names)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    names = published_names()
+    if pattern:
+        if not any(ch in pattern for ch in "*?["):
+            pattern = f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def recipe_hint(name: ModelName) -> str:
+    """How to produce an unpublished checkpoint (the training CLI's command for this recipe)."""
+    steps = f" --steps {name.steps}" if name.steps else ""
+    if name.strategy == "base":
+        return (f"Make it with: zoo bn-variant <base checkpoint> --domain {name.domain} (recalibrates BN "
+                f"statistics on your copy of the {name.domain} data).")
+    init = f" --init {name.source and f'hpt-{name.source}-{name.arch}' or 'the ImageNet base'}" \
+        if name.strategy in ("hpt", "hptbn") else ""
+    return (f"Produce it with: python -m training pretrain --method {name.strategy} --data {name.domain} "
+            f"--arch {name.arch}{init}{steps}, then `zoo publish` the exported folder.")
+
+
+def resolve(text: str) -> tuple[Entry, str | None]:
+    """Name -> (catalog entry, implied BN variant). Raises typed errors with suggestions."""
+    data = catalog()
+    models = data["models"]
+    if text in models:
+        return Entry(text, models[text]), None
+    try:
+        parsed = parse_name(text)
+    except UnknownNameError as error:
+        raise UnknownNameError("model", text, published_names(),
+                               hint=f"({error}) Run `zoo list` to see published names.") from None
+    name = canonical(text)
+    if name in models:
+        return Entry(name, models[name]), None
+    if parsed.strategy == "base" and parsed.arch in data["bases"]:
+        trunk_name = data["bases"][parsed.arch]
+        trunk = Entry(trunk_name, models[trunk_name])
+        if parsed.domain in trunk.bn_variants:
+            return trunk, parsed.domain
+    near = close_matches(name, published_names())
+    near_text = f" Published names close to it: {', '.join(near)}." if near else ""
+    raise NotPublishedError(f"{name!r} is a valid recipe name but no checkpoint is published for it yet."
+                            f"{near_text} {recipe_hint(parsed)}")
+
+
+def check_variant(entry: Entry, bn: str) -> str:
+    from .domains import resolve_domain_name
+
+    variant = resolve_domain_name(bn) or bn
+    if variant not in entry.bn_variants:
+        available = ", ".join(entry.bn_variants) or "none"
+        near = close_matches(variant, entry.bn_variants)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UnknownVariantError(f"{entry.name} has no BN variant {bn!r}; available: {available}.{hint} "
+                                  f"Make a new one with zoo.recalibrate_bn + zoo.extract_bn.")
+    return variant

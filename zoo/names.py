@@ -1,0 +1,125 @@
+"""The name grammar: ``{strategy}-{domain}[-from-{source}]-{arch}[-{steps}]``.
+
+Examples: ``sup-imagenet-mnv2``, ``moco-imagenet-r50``, ``hpt-chexpert-r50``,
+``hptbn-chexpert-r50``, ``base-chexpert-r50`` (the ImageNet trunk with CheXpert BN statistics),
+``target-chexpert-r50-200k``, ``hpt-chest_xray_kids-from-chexpert-r50``.
+Names are parsed against the strategy, domain and architecture registries, so a typo is an
+error with suggestions rather than a guess; ``format_name(parse_name(s))`` gives the canonical
+spelling back (aliases such as ``kids`` or ``resnet50`` are accepted on input).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .domains import DOMAINS, resolve_domain_name
+from .errors import UnknownNameError
+
+# strategy -> what it means; the HPT study's four strategies plus the methods that make bases.
+STRATEGIES = {
+    "sup": "supervised pretraining (a base model)",
+    "moco": "MoCo v2 self-supervised pretraining",
+    "simclr": "SimCLR v2 self-supervised pretraining",
+    "pic": "Parametric Instance Classification",
+    "selftrain": "Noisy-Student self-training",
+    "hpt": "hierarchical pretraining: MoCo v2 continued from a base on the target",
+    "hptbn": "HPT training only BatchNorm parameters (a BN overlay on the base trunk)",
+    "base": "the base trunk with BatchNorm statistics recalibrated on the target (a BN overlay)",
+    "target": "MoCo v2 from random initialisation on the target only",
+}
+STRATEGY_ALIASES = {"mocov2": "moco", "moco_v2": "moco", "simclrv2": "simclr", "supervised": "sup",
+                    "noisy_student": "selftrain", "hpt_bn": "hptbn", "scratch": "target"}
+
+# short arch -> timm architecture
+ARCHS = {
+    "r18": "resnet18",
+    "r50": "resnet50",
+    "mnv2": "mobilenetv2_100",
+    "r18c": "resnet18",  # CIFAR-style 3x3 stem, no max-pool (built by training.models)
+}
+ARCH_ALIASES = {"resnet18": "r18", "resnet50": "r50", "mobilenetv2": "mnv2", "mobilenet_v2": "mnv2",
+                "mobilenetv2_100": "mnv2"}
+
+_STEPS = re.compile(r"^(\d+)(k?)$")
+
+
+@dataclass(frozen=True)
+class ModelName:
+    strategy: str
+    domain: str
+    arch: str
+    source: str | None = None
+    steps: int | None = None
+
+    def __str__(self) -> str:
+        return format_name(self)
+
+    @property
+    def timm_arch(self) -> str:
+        return ARCHS[self.arch]
+
+
+def _format_steps(steps: int) -> str:
+    return f"{steps // 1000}k" if steps >= 1000 and steps % 1000 == 0 else str(steps)
+
+
+def format_name(name: ModelName) -> str:
+    parts = [name.strategy, name.domain]
+    if name.source:
+        parts += ["from", name.source]
+    parts.append(name.arch)
+    if name.steps is not None:
+        parts.append(_format_steps(name.steps))
+    return "-".join(parts)
+
+
+def _strategy(token: str) -> str:
+    token = token.lower()
+    token = STRATEGY_ALIASES.get(token, token)
+    if token not in STRATEGIES:
+        raise UnknownNameError("strategy", token, list(STRATEGIES) + list(STRATEGY_ALIASES))
+    return token
+
+
+def _arch(token: str) -> str:
+    token = token.lower()
+    token = ARCH_ALIASES.get(token, token)
+    if token not in ARCHS:
+        raise UnknownNameError("architecture", token, list(ARCHS) + list(ARCH_ALIASES))
+    return token
+
+
+def _domain(token: str) -> str:
+    canonical = resolve_domain_name(token)
+    if canonical is None:
+        raise UnknownNameError("domain", token, list(DOMAINS))
+    return canonical
+
+
+def parse_name(text: str) -> ModelName:
+    """Parse a model name; raises UnknownNameError naming the bad part and close matches."""
+    tokens = text.strip().lower().split("-")
+    if len(tokens) < 3:
+        raise UnknownNameError("model name", text, [], hint="Expected '{strategy}-{domain}[-from-{source}]-{arch}[-{steps}]', "
+                               "e.g. 'hpt-chexpert-r50'; run `zoo list` to see published names.")
+    strategy = _strategy(tokens[0])
+    rest = tokens[1:]
+    steps = None
+    match = _STEPS.match(rest[-1])
+    if match and len(rest) >= 3:
+        steps = int(match.group(1)) * (1000 if match.group(2) else 1)
+        rest = rest[:-1]
+    arch = _arch(rest[-1])
+    rest = rest[:-1]
+    source = None
+    if "from" in rest:
+        cut = rest.index("from")
+        source = _domain("-".join(rest[cut + 1:]))
+        rest = rest[:cut]
+    # domains may contain '-' when a user types an alias like fashion-mnist
+    domain = _domain("-".join(rest))
+    return ModelName(strategy, domain, arch, source, steps)
+
+
+def canonical(text: str) -> str:
+    return format_name(parse_name(text))
