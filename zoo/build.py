@@ -27,8 +27,29 @@ def create_model(timm_arch: str, num_classes: int, model_args: dict | None = Non
     return model
 
 
+# In-place ops that only change values (never shape): on a meta tensor they are pure overhead, and
+# weight-init code calls hundreds of them (a third of a timm build's time goes to init on meta).
+_VALUE_ONLY_INPLACE = {getattr(torch.Tensor, name) for name in (
+    "normal_", "uniform_", "fill_", "zero_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_", "clamp_min_",
+    "clamp_max_", "copy_", "exponential_", "random_", "bernoulli_", "log_normal_", "sqrt_", "exp_", "neg_")}
+_VALUE_ONLY_INPLACE |= {getattr(torch.nn.init, name) for name in (
+    "normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+    "xavier_uniform_", "zeros_", "ones_", "constant_", "orthogonal_", "eye_", "dirac_")}
+
+
+class _SkipInitOnMeta(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _VALUE_ONLY_INPLACE:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes tensor= by keyword
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
 def create_on_meta(timm_arch: str, num_classes: int, model_args: dict | None = None) -> torch.nn.Module:
-    with torch.device("meta"):
+    """The architecture with every tensor on the meta device: no memory, no random init."""
+    with torch.device("meta"), _SkipInitOnMeta():
         return create_model(timm_arch, num_classes, model_args)
 
 

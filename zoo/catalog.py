@@ -84,11 +84,17 @@ def recipe_hint(name: ModelName) -> str:
     """How to produce an unpublished checkpoint (the training CLI's command for this recipe)."""
     steps = f" --steps {name.steps}" if name.steps else ""
     if name.strategy == "base":
-        return (f"Make it with: zoo bn-variant <base checkpoint> --domain {name.domain} (recalibrates BN "
-                f"statistics on your copy of the {name.domain} data).")
-    init = f" --init {name.source and f'hpt-{name.source}-{name.arch}' or 'the ImageNet base'}" \
-        if name.strategy in ("hpt", "hptbn") else ""
-    return (f"Produce it with: python -m training pretrain --method {name.strategy} --data {name.domain} "
+        return (f"Make it from the {name.arch} base: model = zoo.load(<base>); zoo.recalibrate_bn(model, <batches of "
+                f"{name.domain} images>); zoo.extract_bn(model, 'bn/{name.domain}.safetensors', trunk_sha256=...).")
+    if name.strategy in ("hpt", "hptbn", "target"):
+        init = ""
+        if name.strategy != "target":
+            base = f"hpt-{name.source}-{name.arch}" if name.source else catalog()["bases"].get(name.arch, f"moco-imagenet-{name.arch}")
+            init = f" --init {base}" + (" --trainable bn" if name.strategy == "hptbn" else "")
+        method = "moco"
+    else:
+        init, method = "", name.strategy
+    return (f"Produce it with: python -m training pretrain --method {method} --data {name.domain} "
             f"--arch {name.arch}{init}{steps}, then `zoo publish` the exported folder.")
 
 

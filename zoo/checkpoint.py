@@ -86,6 +86,7 @@ def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dic
             from .cards import render_card
             card = render_card(meta, config)
         (staging / CARD).write_text(card)
+        _normalise_permissions(staging)
         if directory.exists():
             directory.rmdir()
         os.replace(staging, directory)
@@ -93,6 +94,14 @@ def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dic
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _normalise_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; give the checkpoint the permissions a normal folder would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def read_json(path: Path) -> dict:

@@ -16,7 +16,8 @@ from .integrity import require_verified
 
 
 def _local_dir(name) -> Path | None:
-    if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or name.startswith("."))):
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or name.startswith(".")
+                                                                    or os.path.isdir(name))):
         path = Path(name)
         if not is_checkpoint_dir(path):
             raise CheckpointFormatError(f"{path} is not a zoo checkpoint folder (needs {CONFIG} and {WEIGHTS}); "
@@ -95,8 +96,7 @@ def info(name: str | os.PathLike) -> dict:
     entry, implied_bn = resolve(str(name))
     details = {"name": entry.name, **entry.data}
     if implied_bn:
-        details["bn_variant"] = implied_bn
-        details["name"] = str(name)
+        details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name)
     return details
 
 

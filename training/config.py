@@ -1,0 +1,160 @@
+"""Recipes: every hyperparameter of a run, with defaults per method and scale, validated up front.
+
+Precedence: method/scale defaults < recipe file (YAML or TOML) < command-line values. The
+resolved dict is what the run directory keeps (config.yaml) and what export records.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A recipe or command line that cannot run; the message says which key and why."""
+
+
+COMMON = {
+    "method": "moco", "data": None, "split": "train", "domain": None, "arch": "r18c",
+    "init": None,  # zoo name or exported folder: start from that backbone (fresh heads)
+    "trainable": "all",  # "all" or "bn" (HPT-BN: only BatchNorm affine parameters train)
+    "channels": "auto", "image_size": None, "crop_pct": None,
+    "steps": 2000, "batch_size": 256,
+    "optimizer": "sgd", "lr": 0.03, "lr_scaling": "linear", "lr_reference_batch": 256,
+    "momentum": 0.9, "weight_decay": 1e-4, "exclude_bn_bias": False, "warmup_steps": 0,
+    "temperature": 0.2, "proj_dim": 128, "proj_hidden": 2048,
+    "queue_size": 65536, "ema_momentum": 0.999, "symmetric": False, "bn_splits": 1,
+    "head_layers": 3, "augment": "moco",
+    "seed": 0, "num_workers": 0, "checkpoint_every": 500, "keep_checkpoints": 2, "log_every": 10,
+    "knn_every": 0, "knn_k": 200, "knn_t": 0.1, "knn_train_images": 10000, "knn_test_images": 2000,
+    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": False, "clip_grad": None,
+    "progress": True,
+}
+
+# Published settings; "small" = the CIFAR-scale references for 28-64 px images (arch r18c).
+METHOD_DEFAULTS = {
+    ("moco", "imagenet"): {},  # COMMON is MoCo v2 / HPT on ImageNet
+    ("moco", "small"): {"lr": 0.06, "lr_reference_batch": 512, "weight_decay": 5e-4, "queue_size": 4096,
+                        "ema_momentum": 0.99, "temperature": 0.1, "proj_hidden": 512, "bn_splits": 8,
+                        "augment": "moco_small"},
+    ("simclr", "imagenet"): {"optimizer": "lars", "lr": 0.075, "lr_scaling": "sqrt", "weight_decay": 1e-4,
+                             "exclude_bn_bias": True, "temperature": 0.1, "augment": "simclr",
+                             "warmup_steps": "5%"},
+    ("simclr", "small"): {"optimizer": "lars", "lr": 1.0, "lr_scaling": "linear", "lr_reference_batch": 512,
+                          "weight_decay": 1e-4, "exclude_bn_bias": True, "temperature": 0.5, "proj_hidden": 512,
+                          "augment": "simclr_small", "warmup_steps": "5%"},
+}
+METHODS = ("moco", "simclr")
+CHOICES = {"method": METHODS, "optimizer": ("sgd", "lars"), "lr_scaling": ("linear", "sqrt", "none"),
+           "trainable": ("all", "bn"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "off", "bf16"),
+           "channels_last": ("auto", True, False), "channels": ("auto", 1, 3)}
+# keys that may differ when resuming a run (they do not change the result)
+RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "knn_every",
+                     "device"}
+
+
+def scale_of(arch: str) -> str:
+    return "small" if arch == "r18c" else "imagenet"
+
+
+def read_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"recipe {path}: use .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"recipe {path} is not valid {path.suffix[1:]}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of key: value")
+    return data
+
+
+def _check_known(values: dict, where: str) -> None:
+    for key in values:
+        if key not in COMMON:
+            near = difflib.get_close_matches(key, COMMON, n=2)
+            raise ConfigError(f"unknown key {key!r} in {where}" + (f"; did you mean {', '.join(near)}?" if near else
+                                                                   f"; known keys: {', '.join(sorted(COMMON))}"))
+
+
+def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
+    recipe, overrides = dict(recipe or {}), {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_known(recipe, "the recipe")
+    _check_known(overrides, "the command line")
+    chosen = {**recipe, **overrides}
+    method = chosen.get("method", COMMON["method"])
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, not {method!r}")
+    from .models import short_arch
+    try:
+        arch = short_arch(str(chosen.get("arch", COMMON["arch"])))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    config = {**COMMON, **METHOD_DEFAULTS[(method, scale_of(arch))], **chosen, "arch": arch}
+    _validate(config)
+    if isinstance(config["warmup_steps"], str):  # "5%" of the run
+        config["warmup_steps"] = int(round(float(config["warmup_steps"].rstrip("%")) / 100 * config["steps"]))
+    return config
+
+
+def _validate(config: dict) -> None:
+    if not config["data"]:
+        raise ConfigError("no data: pass --data (an offline set such as fashion_mnist, an image folder, or hf:<id>)")
+    for key, allowed in CHOICES.items():
+        if config[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, not {config[key]!r}")
+    for key in ("steps", "batch_size", "queue_size", "proj_dim", "proj_hidden", "checkpoint_every", "log_every",
+                "knn_k", "bn_splits", "lr_reference_batch"):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{key} must be a positive integer, not {value!r}")
+    for key in ("lr", "temperature", "knn_t"):
+        if not isinstance(config[key], (int, float)) or config[key] <= 0:
+            raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
+    if not 0 <= config["ema_momentum"] < 1:
+        raise ConfigError(f"ema_momentum must be in [0, 1), not {config['ema_momentum']}")
+    if config["weight_decay"] < 0:
+        raise ConfigError("weight_decay must be >= 0")
+    warmup = config["warmup_steps"]
+    if isinstance(warmup, str) and not warmup.rstrip("%").replace(".", "", 1).isdigit():
+        raise ConfigError(f"warmup_steps must be an integer or a percentage like '5%', not {warmup!r}")
+    if isinstance(warmup, int) and not 0 <= warmup < config["steps"]:
+        raise ConfigError(f"warmup_steps ({warmup}) must be smaller than steps ({config['steps']})")
+    if config["method"] == "moco" and config["batch_size"] > config["queue_size"]:
+        raise ConfigError(f"queue_size ({config['queue_size']}) must be at least the batch ({config['batch_size']})")
+    if config["bn_splits"] > config["batch_size"]:
+        raise ConfigError("bn_splits cannot exceed batch_size")
+    from .views import RECIPES
+    if isinstance(config["augment"], str) and config["augment"] not in RECIPES:
+        raise ConfigError(f"augment must be one of {sorted(RECIPES)} or a mapping, not {config['augment']!r}")
+
+
+def parse_assignments(items: list[str]) -> dict:
+    """`key=value` pairs from the command line; values are parsed as YAML scalars (1e-4, true, 5%)."""
+    import yaml
+
+    values = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    return [key for key in sorted(set(saved) | set(current))
+            if key not in RESUMABLE_CHANGES and key != "steps" and saved.get(key) != current.get(key)]

@@ -1,0 +1,202 @@
+"""Image sources, all as Hugging Face `datasets.Dataset`s with an image column and (maybe) labels.
+
+A source spec is one of:
+- an offline real set by domain name (``fashion_mnist``, ``animals``, ``digits``): read from what
+  registry packages install (training.offline_sets) and wrapped in a Dataset built from Arrow
+  arrays (fast: no PNG round trip);
+- a folder: ``datasets`` ``imagefolder`` layout (``<dir>/<split>/<class>/<image>`` or
+  ``<dir>/<class>/<image>``);
+- ``hf:<dataset id>`` (or any ``org/name`` that is not a local path): a Hub dataset, which needs the
+  Hub (or its cache) to be reachable.
+A source that cannot be found raises DataNotFoundError naming how to install or point to it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.domains import Domain, get_domain, resolve_domain_name
+
+from .offline_sets import LOADERS, DataNotFoundError, load_offline
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+# decode a whole source into one uint8 tensor when it is at most this many pixels (fast epochs)
+CACHE_PIXELS = 512 * 1024 * 1024
+
+
+@dataclass
+class ImageSet:
+    dataset: "datasets.Dataset"  # noqa: F821
+    spec: str
+    split: str
+    domain: Domain | None
+    image_column: str
+    label_column: str | None
+    num_classes: int | None
+    multi_label: bool = False
+    _array: np.ndarray | None = None  # [N, H, W, C] uint8 when cached
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def channels(self) -> int:
+        return int(self.image(0).shape[0])
+
+    def image(self, index: int) -> torch.Tensor:
+        """uint8 [C, H, W]."""
+        if self._array is not None:
+            return torch.from_numpy(self._array[index]).permute(2, 0, 1)
+        return to_chw(self.dataset[int(index)][self.image_column])
+
+    def labels(self) -> np.ndarray:
+        if self.label_column is None:
+            raise ValueError(f"{self.spec} ({self.split}) has no label column; evaluation needs labels")
+        values = self.dataset[self.label_column]
+        if self.multi_label:
+            out = np.zeros((len(values), self.num_classes), dtype=np.float32)
+            for row, labels in enumerate(values):
+                out[row, list(labels)] = 1.0
+            return out
+        return np.asarray(values, dtype=np.int64)
+
+    def describe(self) -> dict:
+        return {"source": self.spec, "split": self.split, "images": len(self),
+                "domain": self.domain.name if self.domain else None}
+
+
+def to_chw(image) -> torch.Tensor:
+    if hasattr(image, "mode"):  # PIL
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    else:
+        array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def _offline_dataset(name: str, split: str):
+    import pyarrow as pa
+    from datasets import ClassLabel, Dataset, DatasetInfo, Features, List, Value
+
+    images, labels = load_offline(name, split)
+    n, height, width = images.shape
+    pixels = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(images.ravel()), width),
+                                               height)
+    names = list(FASHION_CLASSES) if name == "fashion_mnist" else [str(i) for i in range(int(labels.max()) + 1)]
+    features = Features(image=List(List(Value("uint8"), length=width), length=height),
+                        label=ClassLabel(names=names))
+    table = pa.table({"image": pixels, "label": pa.array(labels)}).cast(features.arrow_schema)
+    dataset = Dataset(table, info=DatasetInfo(features=features, description=f"{name} ({split}), offline"))
+    return dataset, images[:, :, :, None]
+
+
+def _find_columns(dataset) -> tuple[str, str | None, int | None, bool]:
+    from datasets import ClassLabel, Image, List, Sequence
+
+    image = next((c for c, f in dataset.features.items() if isinstance(f, Image)), None)
+    if image is None:
+        image = next((c for c in ("image", "img", "pixel_values") if c in dataset.features), None)
+    if image is None:
+        raise ValueError(f"no image column in {list(dataset.features)}")
+    label, classes, multi = None, None, False
+    for column, feature in dataset.features.items():
+        if isinstance(feature, ClassLabel):
+            label, classes = column, feature.num_classes
+            break
+        inner = getattr(feature, "feature", None)
+        if isinstance(feature, (List, Sequence)) and isinstance(inner, ClassLabel):
+            label, classes, multi = column, inner.num_classes, True
+            break
+    if label is None and "label" in dataset.features:
+        label = "label"
+        classes = int(max(dataset["label"])) + 1
+    return image, label, classes, multi
+
+
+def _how_to_point(spec: str) -> str:
+    return (f"--data takes an offline set ({', '.join(LOADERS)}), an image folder "
+            f"(<dir>/<split>/<class>/<image>), or hf:<dataset id> for a Hub dataset; {spec!r} is none of these")
+
+
+def open_source(spec: str, split: str = "train", domain: str | None = None, cache: bool = True) -> ImageSet:
+    """Open a source for a split ('train', 'val'/'validation', 'test')."""
+    offline = resolve_domain_name(spec) if not os.sep in spec else None
+    if offline in LOADERS:
+        dataset, array = _offline_dataset(offline, split)
+        return ImageSet(dataset, offline, split, get_domain(domain or offline), "image", "label",
+                        dataset.features["label"].num_classes, _array=array)
+    dataset = _load_folder(spec, split) if _looks_like_path(spec) else _load_hub(spec, split)
+    image, label, classes, multi = _find_columns(dataset)
+    images = ImageSet(dataset, spec, split, get_domain(domain) if domain else None, image, label, classes, multi)
+    if cache:
+        _maybe_cache(images)
+    return images
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.path.exists(spec) or (os.sep in spec and not spec.startswith("hf:")
+                                                                       and spec.count("/") != 1)
+
+
+def _split_names(split: str) -> list[str]:
+    return {"val": ["val", "validation", "valid"], "validation": ["validation", "val", "valid"],
+            "test": ["test"], "train": ["train"]}.get(split, [split])
+
+
+def _load_folder(spec: str, split: str):
+    from datasets import load_dataset
+
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {root} does not exist. {_how_to_point(spec)}")
+    try:
+        splits = load_dataset("imagefolder", data_dir=str(root))
+    except Exception as error:  # datasets raises several types for empty or odd folders
+        raise DataNotFoundError(f"could not read {root} as an image folder ({type(error).__name__}: {error}). "
+                                f"Expected <dir>/<split>/<class>/<image> or <dir>/<class>/<image>.") from None
+    for name in _split_names(split):
+        if name in splits:
+            return splits[name]
+    if split == "train" and len(splits) == 1:
+        return next(iter(splits.values()))
+    raise DataNotFoundError(f"{root} has no {split!r} split (found: {', '.join(splits)}); "
+                            f"put images under {root}/{split}/<class>/")
+
+
+def _load_hub(spec: str, split: str):
+    from datasets import load_dataset
+
+    repo = spec[3:] if spec.startswith("hf:") else spec
+    last_error = None
+    for name in _split_names(split):
+        try:
+            return load_dataset(repo, split=name)
+        except ValueError as error:  # unknown split: try the next spelling
+            last_error = error
+        except Exception as error:
+            raise DataNotFoundError(
+                f"Hub dataset {repo!r} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
+                f"It needs the Hub (or HF_ENDPOINT mirror / HF_DATASETS_OFFLINE=1 with a filled cache). "
+                f"{_how_to_point(spec)}") from None
+    raise DataNotFoundError(f"Hub dataset {repo!r} has no split {split!r}: {last_error}")
+
+
+def _maybe_cache(images: ImageSet) -> None:
+    first = images.image(0)
+    if len(images) * first.numel() > CACHE_PIXELS:
+        return
+    array = np.empty((len(images), first.shape[1], first.shape[2], first.shape[0]), dtype=np.uint8)
+    for index in range(len(images)):
+        item = images.image(index)
+        if item.shape != first.shape:  # mixed sizes: decode lazily per item instead
+            return
+        array[index] = item.permute(1, 2, 0).numpy()
+    images._array = array

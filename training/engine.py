@@ -1,0 +1,271 @@
+"""The training loop: iteration-based, one code path for one CPU, one GPU or torchrun + DDP.
+
+Resume is exact on CPU: the schedule is a function of the step, the data a step sees is a function
+of (seed, step) (training.batches), and a checkpoint holds the model (query + key encoders, heads,
+MoCo queue, BN statistics), the optimizer state and the torch RNG state (which MoCo's key-batch
+shuffle draws from). numpy and Python `random` are not used by the loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import dist, runfiles
+from .batches import StepBatches, step_loader
+from .config import ConfigError, differences
+from .data import ImageSet, open_source
+from .models import Backbone, backbone_from_zoo, build_backbone, make_bn_only_trainable
+from .moco import MoCo
+from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .simclr import SimCLR
+from .views import InputSpec, input_spec, view_transform
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue me"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint of the last finished step was written."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"stopped by SIGTERM after step {step}; checkpoint {path}; rerun the same command to resume")
+        self.step, self.path = step, path
+
+
+@dataclass
+class Setup:
+    config: dict
+    source: ImageSet
+    spec: InputSpec
+    backbone: Backbone
+    method: torch.nn.Module
+    device: torch.device
+
+
+def pick_device(config: dict) -> torch.device:
+    import os
+
+    if config["device"] == "cpu" or (config["device"] == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def build_method(config: dict, backbone: Backbone) -> torch.nn.Module:
+    common = dict(feature_dim=backbone.num_features, dim=config["proj_dim"], hidden=config["proj_hidden"],
+                  temperature=config["temperature"])
+    if config["method"] == "moco":
+        return MoCo(backbone.module, queue_size=config["queue_size"], ema_momentum=config["ema_momentum"],
+                    symmetric=config["symmetric"], bn_splits=config["bn_splits"], **common)
+    return SimCLR(backbone.module, head_layers=config["head_layers"], **common)
+
+
+def prepare(config: dict) -> Setup:
+    """Everything that can fail on bad input (data, base checkpoint, shapes), before any file is written."""
+    device = pick_device(config)
+    source = open_source(config["data"], config["split"], config["domain"])
+    base = backbone_from_zoo(config["init"]) if config["init"] else None
+    domain = source.domain
+    spec = input_spec(domain, config["channels"], config["image_size"],
+                      base_cfg=base.init["pretrained_cfg"] if base else None, crop_pct=config["crop_pct"])
+    torch.manual_seed(config["seed"])
+    backbone = base or build_backbone(config["arch"], spec.channels)
+    if base and backbone.arch != config["arch"]:
+        config["arch"] = backbone.arch  # the base decides the architecture
+    method = build_method(config, backbone)
+    if base:
+        method.reset_key_encoder()  # HPT: key encoder starts as a copy of the loaded query encoder
+    if config["trainable"] == "bn":
+        make_bn_only_trainable(method.backbone)
+    return Setup(config, source, spec, backbone, method.to(device), device)
+
+
+class _SigtermFlag:
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no graceful stop
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _autocast(device: torch.device, config: dict):
+    use_bf16 = config["amp"] == "bf16" or (config["amp"] == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def _state(step: int, setup: Setup, optimizer) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if setup.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(setup.device)
+    return {"step": step, "method": setup.method.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+            "config": setup.config, "spec": setup.spec.as_dict(), "world_size": dist.world_size(),
+            "arch": {"arch": setup.backbone.arch, "timm_arch": setup.backbone.timm_arch,
+                     "model_args": setup.backbone.model_args, "num_features": setup.backbone.num_features},
+            "init": setup.backbone.init, "data": setup.source.describe()}
+
+
+def _open_run_dir(run_dir: Path, config: dict) -> dict | None:
+    """Returns the checkpoint to resume from (or None for a fresh run); refuses a changed recipe."""
+    latest = runfiles.latest_checkpoint(run_dir)
+    config_file = run_dir / runfiles.CONFIG_FILE
+    if config_file.exists():
+        changed = differences(runfiles.read_config(run_dir), config)
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run with a different recipe (changed: {', '.join(changed)}); "
+                              f"use a new run directory or the same settings to resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} is not empty and is not a training run; choose a new run directory")
+    if latest is None:
+        return None
+    state = runfiles.load_checkpoint(latest[1])
+    if state["world_size"] != dist.world_size():
+        raise ConfigError(f"{latest[1]} was written by {state['world_size']} processes; resume with the same count")
+    state["path"] = latest[1]
+    return state
+
+
+def pretrain(config: dict, run_dir: str | Path) -> Path:
+    """Train (or resume) into run_dir; returns the final checkpoint path."""
+    run_dir = Path(run_dir)
+    setup = prepare(config)
+    dist.init_from_env(setup.device)
+    rank, world = dist.rank(), dist.world_size()
+    method, device = setup.method, setup.device
+    optimizer = build_optimizer(method.trainable_module(), config["optimizer"], 0.0, config["momentum"],
+                                config["weight_decay"], config["exclude_bn_bias"])
+    peak_lr = scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"], config["lr_reference_batch"])
+    batches = StepBatches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
+                          config["seed"], rank, world)
+    monitor = _knn_monitor(config, setup) if config["knn_every"] else None
+    resume = _open_run_dir(run_dir, config)
+    start, last_good = 0, None
+    if resume:
+        method.load_state_dict(resume["method"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start, last_good = resume["step"], resume["path"]
+    metrics = runfiles.MetricsLog(run_dir, enabled=rank == 0)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runfiles.write_config(run_dir, config)
+        metrics.truncate_after(start)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        method.set_runner(DistributedDataParallel(method.trainable_module(),
+                                                  device_ids=[device] if device.type == "cuda" else None))
+    if device.type == "cuda" and config["channels_last"] in ("auto", True):
+        method.to(memory_format=torch.channels_last)
+    if config["compile"]:
+        method.set_runner(torch.compile(method._query_runner or method.query) if isinstance(method, MoCo)
+                          else torch.compile(method._runner or method.encoder))
+    if resume:  # after everything that draws random numbers during setup
+        torch.set_rng_state(resume["rng"]["torch"])
+        if "cuda" in resume["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+    total = config["steps"]
+    if start >= total:
+        return last_good
+    loader = step_loader(batches, start, total, config["num_workers"], pin_memory=device.type == "cuda")
+    method.train()
+    if config["trainable"] == "bn":
+        pass  # BN layers stay in train mode so running statistics adapt (HPT-BN)
+    from tqdm import tqdm
+
+    progress = tqdm(total=total, initial=start, disable=not (config["progress"] and rank == 0),
+                    desc=f"{config['method']} {config['data']}", dynamic_ncols=True, mininterval=2.0)
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    path = last_good
+    with _SigtermFlag() as sigterm:
+        for step, (view1, view2, _) in zip(range(start, total), loader):
+            set_lr(optimizer, cosine_lr(step, total, peak_lr, config["warmup_steps"]))
+            view1 = view1.to(device, non_blocking=True)
+            view2 = view2.to(device, non_blocking=True)
+            with _autocast(device, config):
+                loss = method(view1, view2)
+            value = float(loss.detach())
+            flags = _all_ranks_flags(not math.isfinite(value), sigterm.requested)
+            if flags[0]:
+                raise NonFiniteLossError(
+                    f"loss is {value} at step {step} (lr {optimizer.param_groups[0]['lr']:.4g}); "
+                    f"last good checkpoint: {last_good or 'none written yet'}. Lower lr, raise warmup_steps or "
+                    f"check the data; rerunning resumes from that checkpoint.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config["clip_grad"]:
+                torch.nn.utils.clip_grad_norm_(method.trainable_module().parameters(), config["clip_grad"])
+            optimizer.step()
+            method.after_backward()
+            done = step + 1
+            window_loss, window_steps = window_loss + value, window_steps + 1
+            progress.update(1)
+            if done % config["log_every"] == 0 or done == total:
+                elapsed = time.perf_counter() - window_start
+                row = {"step": done, "loss": window_loss / window_steps, "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_s": window_steps * config["batch_size"] / max(elapsed, 1e-9)}
+                metrics.write(**row)
+                progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}")
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if monitor and (done % config["knn_every"] == 0 or done == total):
+                if rank == 0:
+                    metrics.write(step=done, knn_top1=monitor(setup.backbone.module))
+                dist.barrier()
+                window_start = time.perf_counter()
+            if done % config["checkpoint_every"] == 0 or done == total or flags[1]:
+                if rank == 0:
+                    path = runfiles.save_checkpoint(run_dir, done, _state(done, setup, optimizer),
+                                                    config["keep_checkpoints"])
+                dist.barrier()
+                path = runfiles.checkpoint_path(run_dir, done)
+                last_good = path
+            if flags[1]:
+                progress.close()
+                metrics.write(step=done, event="sigterm", checkpoint=str(path))
+                raise Preempted(done, path)
+    progress.close()
+    return path
+
+
+def _all_ranks_flags(nonfinite: bool, stop: bool) -> tuple[bool, bool]:
+    if not dist.is_distributed():
+        return nonfinite, stop
+    flags = torch.tensor([int(nonfinite), int(stop)], dtype=torch.int32)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1])
+
+
+def _knn_monitor(config: dict, setup: Setup):
+    from .evaluate import knn_accuracy
+
+    try:
+        train = setup.source
+        val = open_source(config["data"], "val", config["domain"])
+        train.labels(), val.labels()
+    except Exception as error:
+        raise ConfigError(f"knn_every needs labelled train and val splits of {config['data']}: {error}") from None
+
+    def monitor(backbone):
+        return knn_accuracy(backbone, train, val, setup.spec, config["knn_k"], config["knn_t"],
+                            config["knn_train_images"], config["knn_test_images"], device=setup.device)
+    return monitor

@@ -1,0 +1,133 @@
+"""MoCo v2: momentum key encoder, a queue of negative keys, MLP head, InfoNCE (optionally symmetric).
+
+Batch-norm leakage (a query and its positive key sharing batch statistics lets the network cheat)
+is handled on the key side: under DDP the key batch is shuffled across ranks before the key
+encoder and un-shuffled after (shuffle-BN); in one process the shuffled key batch is split into
+`bn_splits` groups whose statistics are computed separately (split-BN).
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import dist
+from .heads import mlp_head
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean cross-entropy of [q.k+, q.queue] / T with the positive at index 0.
+
+    query, key: [N, D] L2-normalised; queue: [K, D] L2-normalised negatives.
+    """
+    positive = (query * key).sum(dim=1, keepdim=True)
+    negative = query @ queue.t()
+    logits = torch.cat([positive, negative], dim=1).float() / temperature
+    # target 0 for every row: -log softmax at column 0, written out to skip building a label tensor
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+@torch.no_grad()
+def momentum_update(target: list[torch.Tensor], source: list[torch.Tensor], momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * source, one fused pass over all tensors."""
+    torch._foreach_lerp_(target, source, 1.0 - momentum)
+
+
+class MoCo(nn.Module):
+    name = "moco"
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 128, hidden: int = 2048,
+                 queue_size: int = 65536, ema_momentum: float = 0.999, temperature: float = 0.2,
+                 symmetric: bool = False, bn_splits: int = 1):
+        super().__init__()
+        self.query = nn.Sequential(OrderedDict(backbone=backbone, head=mlp_head(feature_dim, hidden, dim)))
+        self.key = copy.deepcopy(self.query)
+        self.key.requires_grad_(False)
+        self.ema_momentum, self.temperature = ema_momentum, temperature
+        self.symmetric, self.bn_splits = symmetric, max(1, int(bn_splits))
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending_keys = None
+        self._query_runner = None  # DDP wrapper of self.query, kept out of the module tree
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.query.backbone
+
+    def trainable_module(self) -> nn.Module:
+        return self.query
+
+    def set_runner(self, runner: nn.Module) -> None:
+        object.__setattr__(self, "_query_runner", runner)
+
+    def reset_key_encoder(self) -> None:
+        """Key encoder := query encoder (used when starting from a pretrained backbone)."""
+        self.key.load_state_dict(self.query.state_dict())
+
+    def encode_query(self, images: torch.Tensor) -> torch.Tensor:
+        runner = self._query_runner or self.query
+        return F.normalize(runner(images), dim=1)
+
+    @torch.no_grad()
+    def encode_key(self, images: torch.Tensor) -> torch.Tensor:
+        if dist.is_distributed():
+            return self._shuffled_across_ranks(images)
+        order = torch.randperm(images.shape[0], device=images.device)
+        keys = torch.cat([self.key(chunk) for chunk in images[order].chunk(self.bn_splits)])
+        restored = torch.empty_like(keys)
+        restored[order] = keys
+        return F.normalize(restored, dim=1)
+
+    def _shuffled_across_ranks(self, images: torch.Tensor) -> torch.Tensor:
+        local = images.shape[0]
+        everything = dist.gather_no_grad(images)
+        order = dist.broadcast_(torch.randperm(everything.shape[0], device=images.device))
+        mine = order[dist.rank() * local:(dist.rank() + 1) * local]
+        keys = dist.gather_no_grad(self.key(everything[mine]))
+        restored = torch.empty_like(keys)
+        restored[order] = keys
+        return F.normalize(restored[dist.rank() * local:(dist.rank() + 1) * local], dim=1)
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        self.momentum_step()
+        queue = self.queue
+        if self.symmetric:
+            k1, k2 = self.encode_key(view1), self.encode_key(view2)
+            q1, q2 = self.encode_query(view1), self.encode_query(view2)
+            loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
+            self._pending_keys = torch.cat([k1, k2])
+        else:
+            key = self.encode_key(view2)
+            loss = info_nce(self.encode_query(view1), key, queue, self.temperature)
+            self._pending_keys = key
+        return loss
+
+    def after_backward(self) -> None:
+        """Enqueue this step's keys. Deferred until after backward because the loss graph holds the
+        queue: writing it in place earlier would corrupt the gradient (autograd refuses), and a copy
+        of a 65k-key queue every step is what this avoids."""
+        if self._pending_keys is not None:
+            self.enqueue(self._pending_keys)
+            self._pending_keys = None
+
+    @torch.no_grad()
+    def momentum_step(self) -> None:
+        """Update the key encoder from the query encoder (before computing keys, as in MoCo)."""
+        pairs = [(k, q) for k, q in zip(self.key.parameters(), self.query.parameters())]
+        momentum_update([k for k, _ in pairs], [q.detach() for _, q in pairs], self.ema_momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        keys = dist.gather_no_grad(keys)  # one global queue, identical on every rank
+        size = self.queue.shape[0]
+        if keys.shape[0] >= size:
+            keys = keys[-size:]
+        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[slots] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+    def head_state_dict(self) -> dict:
+        return {f"head.{k}": v for k, v in self.query.head.state_dict().items()}

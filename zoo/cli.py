@@ -1,0 +1,221 @@
+"""The ``zoo`` command: tables for humans, ``--json`` for scripts, exit 2 with a clear message on errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ZooError
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _emit(args, data, human: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if args.json else human)
+
+
+def cmd_list(args) -> int:
+    from .catalog import list_models
+    from .loader import info
+
+    rows = []
+    for name in list_models(args.pattern):
+        details = info(name)
+        rows.append({"name": name, "strategy": details.get("strategy"), "arch": details.get("timm_arch"),
+                     "domain": details.get("bn_variant") or details.get("domain"),
+                     "bn_variants": ",".join(details.get("bn_variants", [])) if not details.get("bn_variant") else "",
+                     "repo": details.get("repo_id")})
+    _emit(args, rows, _table(rows, ["name", "strategy", "arch", "domain", "bn_variants", "repo"]) if rows
+          else f"no published model matches {args.pattern!r}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .loader import info
+
+    details = info(args.name)
+    lines = [f"{details['name']}"]
+    for key in ("strategy", "method", "timm_arch", "domain", "steps", "repo_id", "revision", "license"):
+        if details.get(key) is not None:
+            lines.append(f"  {key:10s} {details[key]}")
+    cfg = details.get("pretrained_cfg", {})
+    lines.append(f"  input      {cfg.get('input_size')} mean {cfg.get('mean')} std {cfg.get('std')}")
+    lines.append("  lineage    " + " -> ".join(f"{s.get('name')} ({s.get('role')})" for s in details.get("lineage", [])))
+    lines.append(f"  bn         {', '.join(details.get('bn_variants', [])) or 'none'}")
+    for filename, record in sorted((details.get("files") or details.get("weights") or {}).items()):
+        lines.append(f"  file       {filename:28s} {record['size']:>10d} B  sha256 {record['sha256']}")
+    for record in details.get("evaluations", []):
+        lines.append(f"  eval       {record.get('protocol')} {record.get('data')} {record.get('metric')} "
+                     f"{record.get('value'):.4f}")
+    _emit(args, details, "\n".join(lines))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .catalog import resolve
+    from .fetch import fetch
+
+    done = []
+    for name in args.names:
+        entry, _ = resolve(name)
+        for filename in sorted(entry.files):
+            path = fetch(entry, filename)
+            done.append({"name": entry.name, "file": filename, "path": path})
+            if not args.json:
+                print(f"ok  {entry.name}  {filename}  -> {path}")
+    if args.json:
+        _emit(args, done, "")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Re-hash every cached file of the given (default: all published) models in full."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .catalog import list_models, resolve
+    from .integrity import sha256_file
+
+    rows, bad = [], 0
+    seen = set()
+    for name in args.names or list_models():
+        entry, _ = resolve(name)
+        if entry.name in seen:
+            continue
+        seen.add(entry.name)
+        for filename, record in sorted(entry.files.items()):
+            path = try_to_load_from_cache(entry.repo_id, filename, revision=entry.revision)
+            if not isinstance(path, str):
+                status = "not cached"
+            elif sha256_file(path) == record["sha256"]:
+                status = "ok"
+            else:
+                status, bad = "CORRUPT (run `zoo download` to re-fetch)", bad + 1
+            rows.append({"name": entry.name, "file": filename, "status": status})
+    _emit(args, rows, _table(rows, ["name", "file", "status"]) if rows else "nothing to verify")
+    return 1 if bad else 0
+
+
+def cmd_card(args) -> int:
+    from .loader import card
+
+    text = card(args.name)
+    _emit(args, {"name": args.name, "card": text}, text)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+    from .names import ARCHS, ARCH_ALIASES
+
+    timm_arch = ARCHS.get(ARCH_ALIASES.get(args.arch, args.arch), args.arch)
+    meta = {"strategy": args.strategy, "method": args.method, "domain": args.domain, "license": args.license}
+    output = convert(args.source, args.output, timm_arch=timm_arch, name=args.name or args.output,
+                     meta={k: v for k, v in meta.items() if v}, keep_classifier=args.keep_classifier)
+    _emit(args, {"output": str(output)}, f"wrote {output}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from .checkpoint import META, read_json
+    from .mirror import catalog_entry, publish_to_mirror, update_catalog
+    from pathlib import Path
+
+    name = args.name or read_json(Path(args.checkpoint) / META)["name"]
+    commit = publish_to_mirror(args.checkpoint, args.mirror, args.repo_id)
+    if args.catalog:
+        update_catalog(args.catalog, name, catalog_entry(args.checkpoint, args.repo_id, commit), args.base_for)
+    _emit(args, {"name": name, "repo_id": args.repo_id, "revision": commit},
+          f"published {name} to {args.mirror} as {args.repo_id}@{commit}"
+          + (f"; catalog {args.catalog} updated (add it to ZOO_CATALOG)" if args.catalog else ""))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .mirror import serve
+
+    with serve(args.mirror, args.port) as endpoint:
+        print(f"serving {args.mirror} at {endpoint}; use HF_ENDPOINT={endpoint} HF_HUB_DISABLE_XET=1 (Ctrl-C stops)",
+              flush=True)
+        try:
+            import time
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(["--workdir", args.workdir])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="zoo", description="Pretrained self-supervised backbones, verified.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", parents=[common], help="published models (glob or substring filter)")
+    p.add_argument("pattern", nargs="?")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", parents=[common], help="lineage, preprocessing, files, evaluations")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("download", parents=[common], help="prefetch models into the HF cache for offline use")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_download)
+    p = sub.add_parser("verify", parents=[common], help="re-hash cached files against the catalog")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("card", parents=[common], help="print a model card")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_card)
+    p = sub.add_parser("convert", parents=[common], help="import a MoCo/OpenSelfSup/torchvision checkpoint")
+    p.add_argument("source")
+    p.add_argument("output")
+    p.add_argument("--arch", required=True, help="r50, r18, mnv2 or a timm architecture name")
+    p.add_argument("--name")
+    p.add_argument("--strategy")
+    p.add_argument("--method")
+    p.add_argument("--domain")
+    p.add_argument("--license")
+    p.add_argument("--keep-classifier", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("publish", parents=[common], help="commit a checkpoint folder to a mirror (olah) repo")
+    p.add_argument("checkpoint")
+    p.add_argument("--mirror", required=True, help="mirror root (olah's mirrors-path)")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--name")
+    p.add_argument("--catalog", help="catalog JSON to add the pinned entry to")
+    p.add_argument("--base-for", help="make this the BN base trunk for an arch (e.g. mnv2)")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("serve", help="serve a mirror root with olah on loopback")
+    p.add_argument("mirror")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("demo", help="the main job on the embedded real MobileNetV2")
+    p.add_argument("--workdir", default=".zoo-demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ZooError as error:
+        print(f"zoo: error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"zoo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

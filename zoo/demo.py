@@ -1,0 +1,177 @@
+"""The main job on the embedded real default (``zoo demo``).
+
+1. import torchvision's real ImageNet MobileNetV2 into the zoo format (deterministic),
+2. publish it to a git mirror and serve it with olah on loopback (a real Hub-compatible server),
+3. check that the published commit is the one the packaged catalog pins,
+4. ``zoo.load("sup-imagenet-mnv2")`` by name through huggingface_hub, verified, and classify real
+   photos bundled with scikit-image,
+5. load the same trunk with its ``animals`` BN-statistic variant and compare kNN accuracy of
+   frozen features on the real animal silhouettes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHOTOS = {"chelsea": "a cat class", "coffee": "espresso", "astronaut": "(a person: not an ImageNet class)"}
+
+
+def animals_tensors(split: str, limit: int | None = None, resolution: int = 96):
+    """Animal silhouettes as normalised 3-channel tensors at `resolution` (ImageNet statistics)."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.offline_sets import load_animals
+    from .domains import IMAGENET_MEAN, IMAGENET_STD
+
+    images, labels = load_animals(split)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.from_numpy(labels)
+
+
+def make_animals_overlay(checkpoint_dir: str, output: str) -> None:
+    """Maintainer step: recalibrate the trunk's BN statistics on the animals train split."""
+    import zoo
+    from .checkpoint import META, read_json
+    from .defaults import OVERLAY_RESOLUTION
+
+    model = zoo.load(checkpoint_dir)
+    images, _ = animals_tensors("train", resolution=OVERLAY_RESOLUTION)
+    zoo.recalibrate_bn(model, images.split(256))
+    zoo.extract_bn(model, output, trunk_sha256=read_json(Path(checkpoint_dir) / META)["trunk_sha256"],
+                   domain="animals")
+
+
+def knn_accuracy(model, train, test, k: int = 20) -> float:
+    """Cosine kNN top-1 of frozen features (a quick, protocol-free look; see training.evaluate)."""
+    import torch
+
+    with torch.no_grad():
+        bank = torch.nn.functional.normalize(torch.cat([model(b) for b in train[0].split(256)]), dim=1)
+        query = torch.nn.functional.normalize(torch.cat([model(b) for b in test[0].split(256)]), dim=1)
+    neighbours = (query @ bank.T).topk(k, dim=1).indices
+    votes = torch.nn.functional.one_hot(train[1][neighbours], 10).sum(1)
+    return (votes.argmax(1) == test[1]).float().mean().item()
+
+
+def prepare_mirror(mirror_root: Path) -> str:
+    """Rebuild the published repo from the real source file; return its commit (must match the catalog)."""
+    from .catalog import resolve
+    from .defaults import NAME, REPO_ID, build_checkpoint
+    from .errors import ZooError
+    from .mirror import publish_to_mirror
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = build_checkpoint(Path(scratch) / NAME)
+        commit = publish_to_mirror(checkpoint, mirror_root, REPO_ID)
+    pinned = resolve(NAME)[0].revision
+    if commit != pinned:
+        raise ZooError(f"rebuilt {REPO_ID} at commit {commit}, but the catalog pins {pinned}: the conversion or card "
+                       f"generation changed; republish with `python -m zoo.demo --republish`")
+    return commit
+
+
+def classify_photos(model, preprocess) -> list[tuple[str, str, float]]:
+    import torch
+    from skimage import data
+    from timm.data import ImageNetInfo
+
+    labels = ImageNetInfo()
+    rows = []
+    for photo in PHOTOS:
+        image = getattr(data, photo)()
+        with torch.no_grad():
+            probabilities = model(preprocess(image).unsqueeze(0)).softmax(1)[0]
+        top = probabilities.argmax().item()
+        rows.append((photo, labels.index_to_description(top), probabilities[top].item()))
+    return rows
+
+
+def client() -> dict:
+    """Steps 2-4, in a process whose HF_ENDPOINT/HF_HOME point at the mirror (as a user's would)."""
+    import zoo
+
+    start = time.perf_counter()
+    model = zoo.load("sup-imagenet-mnv2", num_classes=None)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    model = zoo.load("sup-imagenet-mnv2", num_classes=None)
+    warm = time.perf_counter() - start
+    print(f"[2/4] zoo.load('sup-imagenet-mnv2') through olah at {os.environ.get('HF_ENDPOINT')}: cold {cold:.2f} s "
+          f"(download + sha256), warm {warm * 1000:.0f} ms", flush=True)
+    preprocess = zoo.transforms("sup-imagenet-mnv2")
+    results = {"cold_s": cold, "warm_s": warm, "photos": {}}
+    print("[3/4] real photos from scikit-image, classified by the loaded model:")
+    for photo, label, probability in classify_photos(model, preprocess):
+        results["photos"][photo] = label
+        print(f"      {photo:10s} -> {label} ({probability:.1%})   expected: {PHOTOS[photo]}")
+    backbone = zoo.load("sup-imagenet-mnv2")
+    variant = zoo.load("sup-imagenet-mnv2", bn="animals")
+    train, test = animals_tensors("train", 2000), animals_tensors("test", 1000)
+    plain, recalibrated = knn_accuracy(backbone, train, test), knn_accuracy(variant, train, test)
+    results.update(knn_imagenet_bn=plain, knn_animals_bn=recalibrated)
+    print(f"[4/4] animal silhouettes, kNN (k=20) on frozen features, 2000 train / 1000 test at 96 px:\n"
+          f"      ImageNet BN statistics {plain:.1%}  vs  bn='animals' (recalibrated) {recalibrated:.1%}")
+    return results
+
+
+def run(workdir: Path) -> int:
+    import subprocess
+
+    from .mirror import serve
+
+    mirror_root = workdir / "mirror"
+    commit = prepare_mirror(mirror_root)
+    print(f"[1/4] imported the real ImageNet MobileNetV2 and published it to {mirror_root} at {commit[:12]} "
+          f"(= the catalog's pinned revision)", flush=True)
+    with serve(mirror_root) as endpoint:
+        # a private cache, so the first load really downloads and the second is warm
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        return subprocess.run([sys.executable, "-m", "zoo.demo", "--client"], env=env).returncode
+
+
+def republish(catalog_path: Path) -> None:
+    """Maintainer step: rebuild the default checkpoint (and overlay) and pin it in the catalog."""
+    from .defaults import NAME, PUBLISHED, REPO_ID, build_checkpoint
+    from .mirror import catalog_entry, publish_to_mirror, update_catalog
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        overlay = PUBLISHED / "bn" / "animals.safetensors"
+        if not overlay.exists():
+            trunk_only = build_checkpoint(scratch / "trunk")
+            overlay.parent.mkdir(parents=True, exist_ok=True)
+            make_animals_overlay(str(trunk_only), str(overlay))
+        checkpoint = build_checkpoint(scratch / NAME)
+        commit = publish_to_mirror(checkpoint, scratch / "mirror", REPO_ID)
+        update_catalog(catalog_path, NAME, catalog_entry(checkpoint, REPO_ID, commit), base_for_arch="mnv2")
+    print(f"pinned {NAME} at {commit} in {catalog_path}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="zoo demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=".zoo-demo", help="where the mirror and the demo's HF cache go")
+    parser.add_argument("--republish", action="store_true", help="maintainers: rebuild and pin the catalog entry")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.republish:
+        republish(Path(__file__).with_name("catalog.json"))
+        return 0
+    if args.client:
+        client()
+        return 0
+    return run(Path(args.workdir).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
