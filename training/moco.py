@@ -18,6 +18,11 @@ from . import dist
 from .heads import mlp_head
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits (autocast) are upcast before the softmax; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean cross-entropy of [q.k+, q.queue] / T with the positive at index 0.
 
@@ -25,7 +30,7 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temper
     """
     positive = (query * key).sum(dim=1, keepdim=True)
     negative = query @ queue.t()
-    logits = torch.cat([positive, negative], dim=1).float() / temperature
+    logits = _at_least_float32(torch.cat([positive, negative], dim=1)) / temperature
     # target 0 for every row: -log softmax at column 0, written out to skip building a label tensor
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 

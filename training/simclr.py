@@ -15,6 +15,11 @@ from . import dist
 from .heads import mlp_head
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits (autocast) are upcast before the softmax; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather=dist.gather_with_grad,
             rank: int | None = None) -> torch.Tensor:
     """NT-Xent for this rank's pairs (z1[i], z2[i]) against the whole (gathered) batch.
@@ -28,7 +33,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather=dist.
     total = all1.shape[0]
     keys = torch.cat([all1, all2])  # [2N, D]
     queries = torch.cat([z1, z2])  # [2n, D]
-    logits = (queries @ keys.t()).float() / temperature
+    logits = _at_least_float32(queries @ keys.t()) / temperature
     mine = torch.arange(n, device=z1.device) + rank * n
     self_index = torch.cat([mine, mine + total])
     positive_index = torch.cat([mine + total, mine])
