@@ -11,6 +11,7 @@ half-written checkpoint that looks complete.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,25 @@ def file_record(path: str | os.PathLike) -> dict:
     return {"sha256": sha256_file(path), "size": os.path.getsize(path)}
 
 
+@contextlib.contextmanager
+def atomic_folder(directory: str | os.PathLike):
+    """Yield a staging folder that becomes `directory` only if the block completes."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise CheckpointFormatError(f"{directory} already exists and is not empty; choose a new folder or delete it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield staging
+        _normalise_permissions(staging)
+        if directory.exists():
+            directory.rmdir()
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dict, meta: dict,
                      overlays: dict[str, str | os.PathLike] | None = None, card: str | None = None) -> Path:
     """Write a complete checkpoint folder atomically and return its path.
@@ -65,12 +85,7 @@ def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dic
     `overlays` maps a domain to an existing overlay file to copy under bn/. The card is generated
     from the final zoo.json (with file hashes) unless given.
     """
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise CheckpointFormatError(f"{directory} already exists and is not empty; choose a new folder or delete it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory) as staging:
         save_state_dict(state_dict, staging / WEIGHTS)
         (staging / CONFIG).write_text(dump_json(config))
         files = {WEIGHTS: file_record(staging / WEIGHTS)}
@@ -86,14 +101,7 @@ def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dic
             from .cards import render_card
             card = render_card(meta, config)
         (staging / CARD).write_text(card)
-        _normalise_permissions(staging)
-        if directory.exists():
-            directory.rmdir()
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def _normalise_permissions(folder: Path) -> None:
@@ -116,8 +124,35 @@ def read_json(path: Path) -> dict:
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
-    return path.is_dir() and (path / CONFIG).exists() and (path / WEIGHTS).exists()
+    return path.is_dir() and (((path / CONFIG).exists() and (path / WEIGHTS).exists()) or is_overlay_dir(path))
 
 
-def num_features_of(model: torch.nn.Module) -> int:
-    return int(getattr(model, "num_features", 0))
+def is_overlay_dir(path: str | os.PathLike) -> bool:
+    """An overlay-only folder (Base / HPT-BN strategies): zoo.json naming its trunk + bn/<domain>.safetensors."""
+    path = Path(path)
+    if not (path / META).exists() or (path / WEIGHTS).exists():
+        return False
+    try:
+        return "trunk" in json.loads((path / META).read_text())
+    except ValueError:
+        return False
+
+
+def write_overlay_checkpoint(directory: str | os.PathLike, overlay_file: str | os.PathLike, domain: str,
+                             trunk: dict, meta: dict) -> Path:
+    """An overlay-only checkpoint: no copy of the trunk, just the overlay and what it applies to.
+
+    `trunk` = {"name": zoo name or folder, "sha256": the trunk file's sha256}. Written atomically.
+    """
+    with atomic_folder(directory) as staging:
+        (staging / BN_DIR).mkdir()
+        target = staging / BN_DIR / f"{domain}.safetensors"
+        shutil.copyfile(overlay_file, target)
+        meta = {**meta, "format_version": FORMAT_VERSION, "trunk": trunk, "trunk_sha256": trunk["sha256"],
+                "bn_variants": [domain], "default_bn": domain,
+                "weights": {f"{BN_DIR}/{domain}.safetensors": file_record(target)}}
+        (staging / META).write_text(dump_json(meta))
+        from .cards import render_card
+        (staging / CARD).write_text(render_card(meta, {"architecture": meta.get("timm_arch", ""),
+                                                       "pretrained_cfg": meta.get("pretrained_cfg", {})}))
+    return Path(directory)

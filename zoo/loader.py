@@ -9,8 +9,8 @@ import torch
 from . import build
 from .bn import apply_bn
 from .catalog import Entry, check_variant, resolve
-from .checkpoint import BN_DIR, CARD, CONFIG, META, WEIGHTS, is_checkpoint_dir, read_json
-from .errors import CheckpointFormatError, UnknownVariantError, close_matches
+from .checkpoint import BN_DIR, CARD, CONFIG, META, WEIGHTS, is_checkpoint_dir, is_overlay_dir, read_json
+from .errors import CheckpointFormatError, IncompatibleOverlayError, UnknownVariantError, close_matches
 from .fetch import fetch
 from .integrity import require_verified
 
@@ -35,7 +35,34 @@ def _local_overlay(directory: Path, meta: dict, bn: str) -> Path:
     return directory / BN_DIR / f"{bn}.safetensors"
 
 
+def _load_overlay_dir(directory: Path, bn, num_classes, device, dtype) -> torch.nn.Module:
+    """Trunk (by name or folder, checked by sha256) + this folder's overlay."""
+    meta = read_json(directory / META)
+    variant = bn or meta["default_bn"]
+    overlay = _local_overlay(directory, meta, variant)
+    record = meta["weights"][f"{BN_DIR}/{variant}.safetensors"]
+    require_verified(overlay, record["sha256"], record["size"], "BN overlay", "The file changed; re-create it.")
+    trunk = meta["trunk"]["name"]
+    if not os.path.isabs(trunk) and (directory / trunk).exists():
+        trunk = str(directory / trunk)  # a trunk folder given relative to this folder
+    actual = _trunk_sha(trunk)
+    if actual != meta["trunk_sha256"]:
+        raise IncompatibleOverlayError(f"{directory} was made for trunk {trunk} with sha256 {meta['trunk_sha256'][:12]}..., "
+                                       f"but {trunk} now has {str(actual)[:12]}...; recreate the overlay on this trunk")
+    model = load(trunk, num_classes=None)
+    apply_bn(model, overlay, actual)
+    file_classes = int(getattr(model, "num_classes", 0))
+    return build.finish(model, num_classes, file_classes, device, dtype)
+
+
+def _trunk_sha(name) -> str | None:
+    details = info(name)
+    return details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")
+
+
 def _load_local(directory: Path, bn, num_classes, device, dtype) -> torch.nn.Module:
+    if is_overlay_dir(directory):
+        return _load_overlay_dir(directory, bn, num_classes, device, dtype)
     config = read_json(directory / CONFIG)
     meta = read_json(directory / META) if (directory / META).exists() else {}
     record = meta.get("weights", {}).get(WEIGHTS)
@@ -88,6 +115,11 @@ def _file_records(entry: Entry, revision: str | None) -> dict:
 def info(name: str | os.PathLike) -> dict:
     """Everything known about a checkpoint without downloading weights."""
     directory = _local_dir(name)
+    if directory is not None and is_overlay_dir(directory):
+        meta = read_json(directory / META)
+        trunk = info(meta["trunk"]["name"])
+        return {**meta, "path": str(directory), "pretrained_cfg": trunk.get("pretrained_cfg", {}),
+                "timm_arch": trunk.get("timm_arch")}
     if directory is not None:
         meta = read_json(directory / META)
         config = read_json(directory / CONFIG)
