@@ -55,3 +55,17 @@ def test_every_domain_resolves_with_its_facts():
         assert domain.terms and domain.obtain
     assert get_domain("chexpert").channels == 1 and get_domain("chexpert").metric == "mean_auroc"
     assert get_domain("kids").name == "chest_xray_kids"
+
+
+def test_model_cards_are_the_published_generated_cards():
+    """model_cards/ holds exactly the cards publishing generated (hash-pinned in the catalog)."""
+    from pathlib import Path
+
+    from zoo.catalog import catalog
+    from zoo.integrity import sha256_file
+
+    cards = Path(__file__).resolve().parents[1] / "model_cards"
+    published = catalog()["models"]
+    assert published
+    for name, entry in published.items():
+        assert sha256_file(cards / f"{name}.md") == entry["files"]["README.md"]["sha256"], name

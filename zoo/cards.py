@@ -12,14 +12,9 @@ def _yaml_list(key: str, values) -> list[str]:
 
 
 def _terms(meta: dict) -> list[str]:
-    domains = [step.get("domain") for step in meta.get("lineage", [])] + [meta.get("domain")]
-    domains += list(meta.get("bn_variants", []))
-    seen, lines = set(), []
-    for name in domains:
-        if name in DOMAINS and name not in seen:
-            seen.add(name)
-            lines.append(f"- **{DOMAINS[name].title}** (`{name}`): {DOMAINS[name].terms}")
-    return lines
+    from .loader import data_terms
+
+    return [f"- **{DOMAINS[name].title}** (`{name}`): {terms}" for name, terms in data_terms(meta).items()]
 
 
 def render_card(meta: dict, config: dict) -> str:

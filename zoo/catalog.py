@@ -112,6 +112,15 @@ def resolve(text: str) -> tuple[Entry, str | None]:
     name = canonical(text)
     if name in models:
         return Entry(name, models[name]), None
+    if parsed.steps is None:  # several step counts published: the recommended one, else ask
+        prefix = name + "-"
+        choices = {n: e for n, e in models.items() if n.startswith(prefix) and n[len(prefix):].rstrip("k").isdigit()}
+        recommended = [n for n, e in choices.items() if e.get("recommended")]
+        if len(recommended) == 1:
+            return Entry(recommended[0], models[recommended[0]]), None
+        if choices:
+            raise UnknownNameError("model", name, list(choices),
+                                   hint=f"Several step counts are published: {', '.join(sorted(choices))}; pick one.")
     if parsed.strategy == "base" and parsed.arch in data["bases"]:
         trunk_name = data["bases"][parsed.arch]
         trunk = Entry(trunk_name, models[trunk_name])

@@ -122,13 +122,16 @@ def cmd_convert(args) -> int:
 
 def cmd_publish(args) -> int:
     from .checkpoint import META, read_json
-    from .mirror import catalog_entry, publish_to_mirror, update_catalog
     from pathlib import Path
+
+    from .mirror import catalog_entry, copy_card, publish_to_mirror, update_catalog
 
     name = args.name or read_json(Path(args.checkpoint) / META)["name"]
     commit = publish_to_mirror(args.checkpoint, args.mirror, args.repo_id)
     if args.catalog:
         update_catalog(args.catalog, name, catalog_entry(args.checkpoint, args.repo_id, commit), args.base_for)
+    if args.cards:
+        copy_card(args.checkpoint, args.cards, name)
     _emit(args, {"name": name, "repo_id": args.repo_id, "revision": commit},
           f"published {name} to {args.mirror} as {args.repo_id}@{commit}"
           + (f"; catalog {args.catalog} updated (add it to ZOO_CATALOG)" if args.catalog else ""))
@@ -194,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--catalog", help="catalog JSON to add the pinned entry to")
     p.add_argument("--base-for", help="make this the BN base trunk for an arch (e.g. mnv2)")
+    p.add_argument("--cards", help="also copy the generated card to this folder (the project's model_cards/)")
     p.set_defaults(func=cmd_publish)
     p = sub.add_parser("serve", help="serve a mirror root with olah on loopback")
     p.add_argument("mirror")

@@ -142,7 +142,7 @@ def run(workdir: Path) -> int:
 def republish(catalog_path: Path) -> None:
     """Maintainer step: rebuild the default checkpoint (and overlay) and pin it in the catalog."""
     from .defaults import NAME, PUBLISHED, REPO_ID, build_checkpoint
-    from .mirror import catalog_entry, publish_to_mirror, update_catalog
+    from .mirror import MODEL_CARDS, catalog_entry, copy_card, publish_to_mirror, update_catalog
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -154,6 +154,7 @@ def republish(catalog_path: Path) -> None:
         checkpoint = build_checkpoint(scratch / NAME)
         commit = publish_to_mirror(checkpoint, scratch / "mirror", REPO_ID)
         update_catalog(catalog_path, NAME, catalog_entry(checkpoint, REPO_ID, commit), base_for_arch="mnv2")
+        copy_card(checkpoint, MODEL_CARDS, NAME)
     print(f"pinned {NAME} at {commit} in {catalog_path}")
 
 

@@ -127,9 +127,19 @@ def info(name: str | os.PathLike) -> dict:
                 "pretrained_cfg": config.get("pretrained_cfg", {}), "timm_arch": config["architecture"]}
     entry, implied_bn = resolve(str(name))
     details = {"name": entry.name, **entry.data}
+    details["terms"] = data_terms(details)
     if implied_bn:
         details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name)
     return details
+
+
+def data_terms(details: dict) -> dict:
+    """Usage terms of every dataset in the checkpoint's lineage and BN variants (from the domain registry)."""
+    from .domains import DOMAINS
+
+    names = [step.get("domain") for step in details.get("lineage", [])] + [details.get("domain")]
+    names += list(details.get("bn_variants", []))
+    return {name: DOMAINS[name].terms for name in dict.fromkeys(names) if name in DOMAINS}
 
 
 def card(name: str | os.PathLike) -> str:

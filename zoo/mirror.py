@@ -118,6 +118,18 @@ def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base
     os.replace(temporary, catalog_path)
 
 
+MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+
+
+def copy_card(checkpoint_dir: str | os.PathLike, cards_dir: str | os.PathLike, name: str) -> Path:
+    """model_cards/<name>.md = the card exactly as published (generated from zoo.json, never edited)."""
+    cards_dir = Path(cards_dir)
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    target = cards_dir / f"{name}.md"
+    shutil.copyfile(Path(checkpoint_dir) / "README.md", target)
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
