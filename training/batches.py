@@ -59,6 +59,9 @@ class StepBatches(Dataset):
 
 def step_loader(batches: StepBatches, start_step: int, total_steps: int, num_workers: int,
                 pin_memory: bool = False) -> DataLoader:
+    # its own generator: creating the iterator must not draw from the global RNG, or a resumed run (which
+    # creates it after restoring the RNG state) would diverge from an uninterrupted one
     return DataLoader(batches, batch_size=None, sampler=range(start_step, total_steps), num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0),
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if num_workers else None)

@@ -103,7 +103,9 @@ def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
         arch = short_arch(str(chosen.get("arch", COMMON["arch"])))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    config = {**COMMON, **METHOD_DEFAULTS[(method, scale_of(arch))], **chosen, "arch": arch}
+    # starting from a base checkpoint without naming an arch: the base decides it (ImageNet-scale defaults)
+    scale = "imagenet" if chosen.get("init") and "arch" not in chosen else scale_of(arch)
+    config = {**COMMON, **METHOD_DEFAULTS[(method, scale)], **chosen, "arch": arch}
     _validate(config)
     if isinstance(config["warmup_steps"], str):  # "5%" of the run
         config["warmup_steps"] = int(round(float(config["warmup_steps"].rstrip("%")) / 100 * config["steps"]))

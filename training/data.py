@@ -95,7 +95,7 @@ def _offline_dataset(name: str, split: str):
                         label=ClassLabel(names=names))
     table = pa.table({"image": pixels, "label": pa.array(labels)}).cast(features.arrow_schema)
     dataset = Dataset(table, info=DatasetInfo(features=features, description=f"{name} ({split}), offline"))
-    return dataset, images[:, :, :, None]
+    return dataset, np.require(images[:, :, :, None], requirements=["W"])  # torch wants writable memory
 
 
 def _find_columns(dataset) -> tuple[str, str | None, int | None, bool]:

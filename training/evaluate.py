@@ -129,18 +129,21 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes: in
 
 
 def linear_eval(backbone, train: ImageSet, val: ImageSet, test: ImageSet, spec: InputSpec, data: str,
-                train_images: int | None = None, device="cpu", **probe) -> dict:
-    """The HPT linear-separability protocol on one data set; returns an evaluation record."""
+                train_images: int | None = None, eval_images: int | None = None, device="cpu", **probe) -> dict:
+    """The HPT linear-separability protocol on one data set; returns an evaluation record. `train_images` /
+    `eval_images` subsample (fixed seeds) for CPU budgets; None uses every image."""
     index = subset(train_images, len(train))
+    val_index, test_index = subset(eval_images, len(val), 2), subset(eval_images, len(test), 3)
     train_x = extract(backbone, train, spec, index, device=device)
-    val_x, test_x = extract(backbone, val, spec, device=device), extract(backbone, test, spec, device=device)
+    val_x = extract(backbone, val, spec, val_index, device=device)
+    test_x = extract(backbone, test, spec, test_index, device=device)
     multi = train.multi_label
-    to_y = (lambda s, i=None: torch.from_numpy(s.labels() if i is None else s.labels()[i]))
-    result = linear_probe(train_x, to_y(train, index), val_x, to_y(val), test_x, to_y(test), train.num_classes,
-                          multi, **probe)
+    to_y = (lambda s, i: torch.from_numpy(s.labels()[i]))
+    result = linear_probe(train_x, to_y(train, index), val_x, to_y(val, val_index), test_x, to_y(test, test_index),
+                          train.num_classes, multi, **probe)
     return record("linear", data, "test", "mean_auroc" if multi else "top1", result["value"],
                   val_score=result["val"], lr=result["lr"], iteration=result["iteration"],
-                  train_images=len(index), grid=[{k: r[k] for k in ("lr", "val", "test")} for r in result["grid"]])
+                  train_images=len(index), test_images=len(test_index), grid=[{k: r[k] for k in ("lr", "val", "test")} for r in result["grid"]])
 
 
 # ---------------------------------------------------------------- semi-supervised fine-tuning

@@ -43,7 +43,8 @@ def run_evaluation(args) -> dict:
     if args.protocol == "linear":
         probe = {k: v for k, v in {"iterations": args.iterations, "lrs": args.lrs,
                                    "batch_size": args.batch_size}.items() if v}
-        return {**linear_eval(make(), train, val, test, spec, data, train_images=args.train_images, **probe),
+        return {**linear_eval(make(), train, val, test, spec, data, train_images=args.train_images,
+                              eval_images=args.eval_images, **probe),
                 "model": args.model}
     options = {k: v for k, v in {"iterations": args.iterations, "lrs": args.lrs,
                                  "batch_size": args.batch_size}.items() if v}

@@ -1,0 +1,150 @@
+"""MoCo v2 and SimCLR v2 (ResNet-18, 3x3 stem) on Fashion-MNIST for a fixed CPU budget, against random
+init and a supervised baseline on the same network, same steps and batch.
+
+Reports kNN (k=200, t=0.1) and linear-probe (HPT protocol, scaled down) top-1 on the official test
+set, writes benchmarks/results/quality_fashion.json and a PNG of kNN accuracy vs steps.
+
+    nice python benchmarks/quality_fashion.py --steps 100 --batch 64 --size 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training import runfiles
+from training.batches import StepBatches
+from training.config import resolve
+from training.data import open_source
+from training.engine import prepare, pretrain
+from training.evaluate import knn_accuracy, linear_eval
+from training.optim import cosine_lr, set_lr
+from training.views import view_transform
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def evaluate(backbone, spec, sets, args) -> dict:
+    train, val, test = sets
+    start = time.perf_counter()
+    knn = knn_accuracy(backbone, train, test, spec, train_images=args.eval_train, test_images=args.eval_test)
+    linear = linear_eval(backbone, train, val, test, spec, "fashion_mnist", train_images=args.eval_train,
+                         eval_images=args.eval_test, iterations=args.probe_iterations, val_every=100)
+    return {"knn_top1": knn, "linear_top1": linear["value"], "linear_lr": linear["lr"],
+            "linear_val": linear["val_score"], "eval_seconds": time.perf_counter() - start}
+
+
+def self_supervised(method, args, sets, work) -> dict:
+    overrides = dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=args.steps,
+                     batch_size=args.batch, knn_every=args.knn_every, knn_train_images=args.curve_train,
+                     knn_test_images=args.curve_test, checkpoint_every=args.steps, progress=False, log_every=10)
+    config = resolve({}, overrides)
+    run = work / method
+    start = time.perf_counter()
+    pretrain(dict(config), run)
+    seconds = time.perf_counter() - start
+    setup = prepare(dict(config))
+    setup.method.load_state_dict(runfiles.load_checkpoint(runfiles.latest_checkpoint(run)[1])["method"])
+    rows = runfiles.read_metrics(run)
+    curve = [(r["step"], r["knn_top1"]) for r in rows if "knn_top1" in r]
+    losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    return {"train_seconds": seconds, "curve": curve, "loss": losses, "recipe": config,
+            **evaluate(setup.backbone.module, setup.spec, sets, args)}
+
+
+def supervised(args, sets, work) -> dict:
+    """Cross-entropy on the labels, same backbone, steps, batch and schedule shape; crop+flip views."""
+    config = resolve({}, dict(method="moco", data="fashion_mnist", arch=args.arch, image_size=args.size,
+                              steps=args.steps, batch_size=args.batch))
+    setup = prepare(dict(config))
+    backbone = setup.backbone.module.train()
+    head = torch.nn.Linear(setup.backbone.num_features, 10)
+    params = list(backbone.parameters()) + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batches = StepBatches(setup.source, view_transform(setup.spec, "crop_flip"), args.batch, seed=0)
+    labels = torch.from_numpy(setup.source.labels())
+    val = sets[1]
+    curve, start = [], time.perf_counter()
+    for step in range(args.steps):
+        set_lr(optimizer, cosine_lr(step, args.steps, 0.1))
+        view, _, index = batches[step]
+        loss = F.cross_entropy(head(backbone(view)), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % args.knn_every == 0 or step + 1 == args.steps:
+            curve.append((step + 1, knn_accuracy(backbone, setup.source, val, setup.spec,
+                                                 train_images=args.curve_train, test_images=args.curve_test)))
+            backbone.train()
+    seconds = time.perf_counter() - start
+    return {"train_seconds": seconds, "curve": curve, **evaluate(backbone, setup.spec, sets, args)}
+
+
+def plot(results: dict, path: Path, args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, result in results.items():
+        if result.get("curve"):
+            steps, values = zip(*result["curve"])
+            axis.plot(steps, [100 * v for v in values], marker="o", label=name)
+    axis.axhline(100 * results["random"]["knn_top1"], color="gray", linestyle="--", label="random init")
+    axis.set_xlabel("training step")
+    axis.set_ylabel("kNN top-1 on val subset (%)")
+    axis.set_title(f"Fashion-MNIST, {args.arch} {args.size}px, batch {args.batch}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="r18c")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--knn-every", type=int, default=None)
+    parser.add_argument("--curve-train", type=int, default=2000)
+    parser.add_argument("--curve-test", type=int, default=500)
+    parser.add_argument("--eval-train", type=int, default=5000)
+    parser.add_argument("--eval-test", type=int, default=None, help="val/test images for the final evals")
+    parser.add_argument("--probe-iterations", type=int, default=1000)
+    parser.add_argument("--methods", default="random,moco,simclr,supervised")
+    parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
+    args = parser.parse_args()
+    args.knn_every = args.knn_every or max(1, args.steps // 4)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
+    results = {}
+    out = RESULTS / "quality_fashion.json"
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.methods.split(","):
+        print(f"== {name}", flush=True)
+        if name == "random":
+            config = resolve({}, dict(data="fashion_mnist", arch=args.arch, image_size=args.size))
+            setup = prepare(dict(config))
+            results[name] = evaluate(setup.backbone.module, setup.spec, sets, args)
+        elif name == "supervised":
+            results[name] = supervised(args, sets, work)
+        else:
+            results[name] = self_supervised(name, args, sets, work / f"{name}-{int(time.time())}")
+        print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss")}), flush=True)
+        runfiles.atomic_write_bytes(out, json.dumps({"args": vars(args), "results": results}, indent=2).encode())
+    if "random" in results:
+        plot(results, RESULTS / "quality_fashion_knn.png", args)
+    print(f"{'':>11} {'kNN':>7} {'linear':>7} {'train s':>8}")
+    for name, result in results.items():
+        print(f"{name:>11} {100 * result['knn_top1']:6.2f}% {100 * result['linear_top1']:6.2f}% "
+              f"{result.get('train_seconds', 0):8.0f}")
+
+
+if __name__ == "__main__":
+    main()
