@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_two_processes_train_and_checkpoint(tmp_path, method):
     run = tmp_path / method
     args = ["--method", method, "--data", "fashion_mnist", "--arch", "r18", "--image-size", "32", "--steps", "4",
-            "--batch-size", "16", "--checkpoint-every", "2", "--run", str(run), "--no-progress",
+            "--batch-size", "16", "--checkpoint-every", "2", "--run-dir", str(run), "--no-progress",
             "--set", "queue_size=64", "--set", "proj_hidden=64", "--set", "log_every=1"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "training", "pretrain", *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})

@@ -1,7 +1,7 @@
 """`python -m training {pretrain,export,evaluate}`.
 
-    python -m training pretrain --method moco --data fashion_mnist --arch r18c --steps 2000 --run runs/moco
-    python -m training pretrain --recipe recipes/moco_fashion_r18c.yaml --run runs/moco --set lr=0.1
+    python -m training pretrain --method moco --data fashion_mnist --arch r18c --steps 2000 --run-dir runs/moco
+    python -m training pretrain --recipe recipes/moco_fashion_r18c.yaml --run-dir runs/moco --set lr=0.1
     python -m training export runs/moco exported/moco-fashion_mnist-r18c
     python -m training evaluate exported/moco-fashion_mnist-r18c --protocol linear --data fashion_mnist
 Exit codes: 0 done, 2 bad input (config, data, paths), 3 non-finite loss, 143 stopped by SIGTERM
@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     pre = commands.add_parser("pretrain", help="self-supervised pretraining (resumes if RUN has checkpoints)")
-    pre.add_argument("--run", required=True, help="run directory (config, checkpoints, metrics)")
+    # --run-dir (not only --run): torchrun's own parser would take "--run" as an abbreviation of --run-path
+    pre.add_argument("--run-dir", "--run", dest="run", required=True,
+                     help="run directory (config, checkpoints, metrics)")
     pre.add_argument("--recipe", help="YAML or TOML recipe file")
     for flag, (kind, text) in PRETRAIN_FLAGS.items():
         pre.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
