@@ -110,16 +110,35 @@ def _hop(config_overrides: dict, data: str, init: str | None, run_dir: Path, out
     return export(run_dir, out, name=name, evaluations=evaluations)
 
 
-def _lineage_through(init: str, hop_out: Path) -> None:
-    """Prefix the exported hop's lineage with the full lineage of what it started from."""
+def lineage_from(init: str) -> list[dict]:
+    """The full lineage of a starting checkpoint, ending with that checkpoint itself.
+
+    It appears once, as "base" (a published model) or "source" (an earlier hop of a chain), so
+    base -> source -> target reads off zoo.info(...)["lineage"] in order."""
     import zoo
+    from zoo.checkpoint import WEIGHTS
+
+    details = zoo.info(init)
+    history = [dict(step) for step in details.get("lineage", [])]
+    started_from = {
+        "role": "source" if details.get("strategy") in ("hpt", "hptbn", "target") else "base",
+        "name": details.get("name", str(init)), "domain": details.get("domain"), "method": details.get("method"),
+        "steps": details.get("steps"),
+        "sha256": details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")}
+    if history and history[-1].get("name") == started_from["name"]:
+        history[-1]["role"] = started_from["role"]
+    else:
+        history.append(started_from)
+    return history
+
+
+def _lineage_through(init: str, hop_out: Path) -> None:
+    """Replace the exported hop's lineage by the starting point's full lineage + the hop itself."""
     from zoo.cards import render_card
     from zoo.checkpoint import CARD, CONFIG, META, dump_json, read_json
 
-    history = list(zoo.info(init).get("lineage", []))
     meta = read_json(hop_out / META)
-    own = meta.get("lineage", [])[-1:]
-    meta["lineage"] = history + own
+    meta["lineage"] = lineage_from(init) + meta.get("lineage", [])[-1:]
     (hop_out / META).write_text(dump_json(meta))
     (hop_out / CARD).write_text(render_card(meta, read_json(hop_out / CONFIG)))
 
@@ -155,7 +174,7 @@ def run_base(target: str, base: str, out: str | os.PathLike, *, data: str | None
     with tempfile.TemporaryDirectory() as scratch:
         overlay = Path(scratch) / f"{domain}.safetensors"
         extract_bn(model, overlay, trunk_sha256=trunk_sha, domain=domain)
-        lineage = list(details.get("lineage", [])) + [
+        lineage = lineage_from(base) + [
             {"role": "target", "name": name, "domain": domain, "method": "bn-recalibration",
              "steps": None, "sha256": None}]
         meta = {"name": name, "strategy": "base", "method": "bn-recalibration", "arch": details.get("arch"),
