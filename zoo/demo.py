@@ -6,7 +6,10 @@
 4. ``zoo.load("sup-imagenet-mnv2")`` by name through huggingface_hub, verified, and classify real
    photos bundled with scikit-image,
 5. load the same trunk with its ``animals`` BN-statistic variant and compare kNN accuracy of
-   frozen features on the real animal silhouettes.
+   frozen features on the real animal silhouettes,
+6. train HPT live (MoCo v2 continued from the ImageNet base on the silhouettes, a few minutes on
+   CPU), export it, publish it to the mirror, load it back by name, and compare Base vs Base-BN
+   vs HPT by a quick linear probe.
 """
 from __future__ import annotations
 
@@ -105,11 +108,11 @@ def client() -> dict:
     start = time.perf_counter()
     model = zoo.load("sup-imagenet-mnv2", num_classes=None)
     warm = time.perf_counter() - start
-    print(f"[2/4] zoo.load('sup-imagenet-mnv2') through olah at {os.environ.get('HF_ENDPOINT')}: cold {cold:.2f} s "
+    print(f"[2/6] zoo.load('sup-imagenet-mnv2') through olah at {os.environ.get('HF_ENDPOINT')}: cold {cold:.2f} s "
           f"(download + sha256), warm {warm * 1000:.0f} ms", flush=True)
     preprocess = zoo.transforms("sup-imagenet-mnv2")
     results = {"cold_s": cold, "warm_s": warm, "photos": {}}
-    print("[3/4] real photos from scikit-image, classified by the loaded model:")
+    print("[3/6] real photos from scikit-image, classified by the loaded model:")
     for photo, label, probability in classify_photos(model, preprocess):
         results["photos"][photo] = label
         print(f"      {photo:10s} -> {label} ({probability:.1%})   expected: {PHOTOS[photo]}")
@@ -118,9 +121,60 @@ def client() -> dict:
     train, test = animals_tensors("train", 2000), animals_tensors("test", 1000)
     plain, recalibrated = knn_accuracy(backbone, train, test), knn_accuracy(variant, train, test)
     results.update(knn_imagenet_bn=plain, knn_animals_bn=recalibrated)
-    print(f"[4/4] animal silhouettes, kNN (k=20) on frozen features, 2000 train / 1000 test at 96 px:\n"
-          f"      ImageNet BN statistics {plain:.1%}  vs  bn='animals' (recalibrated) {recalibrated:.1%}")
+    print(f"[4/6] animal silhouettes, kNN (k=20) on frozen features, 2000 train / 1000 test at 96 px:\n"
+          f"      ImageNet BN statistics {plain:.1%}  vs  bn='animals' (recalibrated) {recalibrated:.1%}", flush=True)
+    results.update(hpt_live(Path(os.environ["ZOO_DEMO_WORKDIR"])))
     return results
+
+
+# A CPU-sized HPT run: MoCo v2 continued from the ImageNet base on the animal silhouettes at 64 px.
+DEMO_HPT = {"steps": 100, "batch_size": 32, "lr": 0.03, "lr_reference_batch": 256, "queue_size": 1024,
+            "ema_momentum": 0.99, "temperature": 0.2, "proj_hidden": 2048, "bn_splits": 8, "image_size": 64,
+            "crop_pct": 1.0, "augment": "moco", "progress": False, "checkpoint_every": 100, "seed": 0}
+
+
+def hpt_live(workdir: Path) -> dict:
+    """Steps 5-6: train HPT live, publish it, load it back by name, compare by a quick linear probe."""
+    import torch
+
+    import zoo
+    from training import hpt
+    from training.data import open_source
+    from training.evaluate import linear_eval
+    from training.views import input_spec
+    from .mirror import catalog_entry, publish_to_mirror, update_catalog
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    name = "hpt-animals-mnv2"
+    exported = workdir / "runs" / name
+    start = time.perf_counter()
+    if not (exported / "zoo.json").exists():
+        hpt.run(hpt.recipe("hpt", "animals", "mnv2", base="sup-imagenet-mnv2"), exported, overrides=DEMO_HPT)
+    base_bn = workdir / "runs" / "base-animals-mnv2-64px"
+    if not (base_bn / "zoo.json").exists():
+        hpt.run_base("animals", "sup-imagenet-mnv2", base_bn, image_size=64, crop_pct=1.0)
+    trained = time.perf_counter() - start
+    catalog = workdir / "catalog.json"
+    repo_id = f"local/{name}"
+    commit = publish_to_mirror(exported, os.environ["ZOO_DEMO_MIRROR"], repo_id)
+    update_catalog(catalog, name, catalog_entry(exported, repo_id, commit))
+    os.environ["ZOO_CATALOG"] = str(catalog)
+    lineage = " -> ".join(f"{s['name']} ({s['role']})" for s in zoo.info(name)["lineage"])
+    print(f"[5/6] HPT: {DEMO_HPT['steps']} MoCo v2 steps from the ImageNet base on animals at 64 px "
+          f"({trained:.0f} s with Base-BN), exported, published as {repo_id}@{commit[:12]}, loaded back by name:\n"
+          f"      zoo.info({name!r}) lineage: {lineage}", flush=True)
+    splits = {s: open_source("animals", s, "animals") for s in ("train", "val", "test")}
+    spec = input_spec(splits["train"].domain, base_cfg=zoo.info("sup-imagenet-mnv2")["pretrained_cfg"],
+                      image_size=64, crop_pct=1.0)
+    scores = {}
+    for label, model in (("Base", zoo.load("sup-imagenet-mnv2")), ("Base-BN", zoo.load(base_bn)),
+                         ("HPT", zoo.load(name))):
+        record = linear_eval(model, splits["train"], splits["val"], splits["test"], spec, "animals",
+                             train_images=2000, eval_images=1000, iterations=500, lrs=(0.3, 3.0))
+        scores[label] = record["value"]
+    print("[6/6] quick linear probe on animals (frozen features, 2000 train / 1000 val / 1000 test, lr chosen on "
+          "val):\n      " + "   ".join(f"{k} {v:.1%}" for k, v in scores.items()))
+    return {"linear_probe": scores}
 
 
 def run(workdir: Path) -> int:
@@ -130,11 +184,12 @@ def run(workdir: Path) -> int:
 
     mirror_root = workdir / "mirror"
     commit = prepare_mirror(mirror_root)
-    print(f"[1/4] imported the real ImageNet MobileNetV2 and published it to {mirror_root} at {commit[:12]} "
+    print(f"[1/6] imported the real ImageNet MobileNetV2 and published it to {mirror_root} at {commit[:12]} "
           f"(= the catalog's pinned revision)", flush=True)
     with serve(mirror_root) as endpoint:
         # a private cache, so the first load really downloads and the second is warm
-        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_DISABLE_XET": "1",
+               "ZOO_DEMO_WORKDIR": str(workdir), "ZOO_DEMO_MIRROR": str(mirror_root)}
         env.pop("HF_HUB_OFFLINE", None)
         return subprocess.run([sys.executable, "-m", "zoo.demo", "--client"], env=env).returncode
 
