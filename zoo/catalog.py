@@ -81,21 +81,19 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def recipe_hint(name: ModelName) -> str:
-    """How to produce an unpublished checkpoint (the training CLI's command for this recipe)."""
+    """How to produce an unpublished checkpoint: the training command for this recipe."""
+    from .names import format_name
+
+    if name.strategy in ("base", "target", "hpt", "hptbn"):
+        source = f" --source {name.source}" if name.source else ""
+        steps = f" --steps {name.steps}" if name.steps else ""
+        return (f"Produce it with: python -m training hpt --strategy {name.strategy} --target {name.domain} "
+                f"--arch {name.arch}{source}{steps} --out exported/{format_name(name)} "
+                f"(needs the {name.domain} data and the base model), then `zoo publish` the folder.")
     steps = f" --steps {name.steps}" if name.steps else ""
-    if name.strategy == "base":
-        return (f"Make it from the {name.arch} base: model = zoo.load(<base>); zoo.recalibrate_bn(model, <batches of "
-                f"{name.domain} images>); zoo.extract_bn(model, 'bn/{name.domain}.safetensors', trunk_sha256=...).")
-    if name.strategy in ("hpt", "hptbn", "target"):
-        init = ""
-        if name.strategy != "target":
-            base = f"hpt-{name.source}-{name.arch}" if name.source else catalog()["bases"].get(name.arch, f"moco-imagenet-{name.arch}")
-            init = f" --init {base}" + (" --trainable bn" if name.strategy == "hptbn" else "")
-        method = "moco"
-    else:
-        init, method = "", name.strategy
-    return (f"Produce it with: python -m training pretrain --method {method} --data {name.domain} "
-            f"--arch {name.arch}{init}{steps}, then `zoo publish` the exported folder.")
+    return (f"Produce it with: python -m training pretrain --method {name.strategy} --data {name.domain} "
+            f"--arch {name.arch}{steps} --run runs/{format_name(name)}, export it with python -m training export, "
+            f"then `zoo publish` the folder.")
 
 
 def resolve(text: str) -> tuple[Entry, str | None]:
