@@ -81,3 +81,25 @@ def test_image_folder_source_and_missing_split(tmp_path):
     from training.offline_sets import DataNotFoundError
     with pytest.raises(DataNotFoundError, match="no 'val' split"):
         open_source(str(tmp_path), "val")
+
+
+def test_evaluate_cli_semi_supervised_and_linear_records(tmp_path):
+    """The CLI end to end on a random-init baseline, scaled down: records carry protocol, data, split,
+    metric, value and command."""
+    import json
+
+    from training.cli import main
+
+    out = tmp_path / "semi.json"
+    assert main(["evaluate", "random:r18", "--protocol", "semi", "--data", "digits", "--labels", "20",
+                 "--iterations", "3", "--batch-size", "8", "--eval-images", "60", "--out", str(out)]) == 0
+    semi = json.loads(out.read_text())
+    assert semi["protocol"] == "semi_supervised" and semi["labels"] == 20 and semi["metric"] == "top1"
+    assert [g["lr"] for g in semi["grid"]] == [0.01, 0.001] and 0.0 <= semi["value"] <= 1.0
+    assert "--protocol semi" in semi["command"]
+    out = tmp_path / "linear.json"
+    assert main(["evaluate", "random:r18", "--protocol", "linear", "--data", "digits", "--iterations", "200", "--train-images", "300", "--eval-images", "100",
+                 "--out", str(out)]) == 0
+    linear = json.loads(out.read_text())
+    assert linear["protocol"] == "linear" and linear["split"] == "test" and 0.0 <= linear["value"] <= 1.0
+    assert linear["lr"] in (0.3, 3.0, 30.0) and len(linear["grid"]) == 3

@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import shlex
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.command_line = "python -m training " + shlex.join(argv)  # recorded in evaluation records
     from zoo.errors import ZooError
 
     from .config import ConfigError

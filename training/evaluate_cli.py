@@ -32,6 +32,12 @@ def load_subject(model: str, domain):
 
 
 def run_evaluation(args) -> dict:
+    record_ = _run(args)
+    record_["command"] = getattr(args, "command_line", record_["command"])
+    return record_
+
+
+def _run(args) -> dict:
     train = open_source(args.data, "train", args.domain)
     test = open_source(args.data, "test", args.domain)
     make, features, spec = load_subject(args.model, train.domain)
