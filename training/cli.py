@@ -64,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--out", help="also write the record to this JSON file")
     ev.add_argument("--record", action="store_true", help="append the record to the exported folder's zoo.json")
+    h = commands.add_parser("hpt", help="an HPT-study strategy (base, target, hpt, hptbn, chains) -> zoo checkpoint")
+    h.add_argument("--recipe", help="a recipes/hpt/*.yaml file (the study's settings)")
+    h.add_argument("--strategy", choices=("base", "target", "hpt", "hptbn"))
+    h.add_argument("--target", help="target domain (see zoo/domains.py)")
+    h.add_argument("--source", help="chain through this source domain first (base -> source -> target)")
+    h.add_argument("--base", help="zoo name or folder to start from (default: the arch's study base)")
+    h.add_argument("--arch", help="r50 (the study), mnv2, r18")
+    h.add_argument("--out", help="where the zoo checkpoint goes")
+    h.add_argument("--data", action="append", metavar="DOMAIN=SPEC",
+                   help="where a domain's images are (folder or hf:<id>); default $ZOO_DATA/<domain>")
+    for flag, kind in (("steps", int), ("batch_size", int), ("lr", float), ("image_size", int), ("queue_size", int),
+                       ("seed", int)):
+        h.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind)
+    h.add_argument("--device")
+    h.add_argument("--set", type=lambda item: dict([item.split("=", 1)]), action="append", metavar="KEY=VALUE")
+    h.add_argument("--write-matrix", metavar="FOLDER", help="write the study's 67 recipes to FOLDER and stop")
     return parser
 
 
@@ -79,7 +95,7 @@ def main(argv=None) -> int:
     from .engine import NonFiniteLossError, Preempted, PREEMPTED_EXIT_CODE
     from .offline_sets import DataNotFoundError
     try:
-        return {"pretrain": _pretrain, "export": _export, "evaluate": _evaluate}[args.command](args)
+        return {"pretrain": _pretrain, "export": _export, "evaluate": _evaluate, "hpt": _hpt}[args.command](args)
     except (ConfigError, DataNotFoundError, ZooError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -103,6 +119,16 @@ def _pretrain(args) -> int:
     path = pretrain(config, args.run)
     print(f"finished: {path}")
     return 0
+
+
+def _hpt(args) -> int:
+    from .config import parse_assignments
+    from .hpt import main as hpt_main
+
+    args.set = parse_assignments([f"{k}={v}" for item in (args.set or []) for k, v in item.items()])
+    if not args.write_matrix and not args.out:
+        raise ValueError("--out is required (where the zoo checkpoint is written)")
+    return hpt_main(args)
 
 
 def _export(args) -> int:

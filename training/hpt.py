@@ -52,10 +52,13 @@ def data_spec(domain: str, data: str | None = None) -> str:
     if folder.is_dir() and any(folder.iterdir()):
         return str(folder)
     info = DOMAINS[name]
+    layout = (f"{folder}/{{train,val,test}}/<class>/<image>" if info.task == "single-label" else
+              f"a `datasets`-loadable folder at {folder} with an image column and a list-of-labels column "
+              f"({info.num_classes} labels)")
     raise DataNotFoundError(
-        f"no data for domain {name!r} ({info.title}). {info.obtain}. Put it at {folder} as "
-        f"{folder}/{{train,val,test}}/<class>/<image> (or set ZOO_DATA to the folder that holds {name}/), "
-        f"or pass --data <image folder | hf:<dataset id>>. Terms: {info.terms}")
+        f"no data for domain {name!r} ({info.title}). {info.obtain.rstrip('.')}. Put it at {folder} as {layout} "
+        f"(or set ZOO_DATA to the folder that holds {name}/), or pass --data {name}=<folder | hf:<dataset id>>. "
+        f"Terms: {info.terms}")
 
 
 def name_of(strategy: str, target: str, arch: str, source: str | None = None, steps: int | None = None) -> str:

@@ -91,6 +91,11 @@ def recipe_hint(name: ModelName) -> str:
                 f"--arch {name.arch}{source}{steps} --out exported/{format_name(name)} "
                 f"(needs the {name.domain} data and the base model), then `zoo publish` the folder.")
     steps = f" --steps {name.steps}" if name.steps else ""
+    if name.strategy == "moco" and name.domain == "imagenet":
+        return (f"If you have the MoCo v2 authors' file: zoo convert moco_v2_800ep_pretrain.pth.tar "
+                f"exported/{format_name(name)} --arch {name.arch} --name {format_name(name)}, then pass that folder "
+                f"as --base. Or produce it with: python -m training pretrain --method moco --data imagenet "
+                f"--arch {name.arch}{steps} --run runs/{format_name(name)}.")
     return (f"Produce it with: python -m training pretrain --method {name.strategy} --data {name.domain} "
             f"--arch {name.arch}{steps} --run runs/{format_name(name)}, export it with python -m training export, "
             f"then `zoo publish` the folder.")
