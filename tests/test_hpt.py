@@ -135,3 +135,15 @@ def test_recipe_matrix_covers_the_study(tmp_path):
     assert spec["training"]["queue_size"] == 65536 and spec["base"] == "moco-imagenet-r50"
     for path in paths:  # every recipe name is a valid zoo name
         assert zoo.canonical(path.stem) == path.stem
+
+
+def test_cli_missing_data_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "training", "hpt", "--strategy", "hpt", "--target", "chexpert",
+                             "--arch", "mnv2", "--base", BASE, "--out", str(tmp_path / "out")],
+                            env={**os.environ, "ZOO_DATA": str(tmp_path / "data")}, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no data for domain 'chexpert'" in result.stderr and "stanfordmlgroup" in result.stderr
+    assert not (tmp_path / "out").exists()
