@@ -16,12 +16,14 @@ _PRIME = 1_000_003
 
 
 class StepBatches(Dataset):
-    def __init__(self, images: ImageSet, transform, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, images: ImageSet, transform, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 views: int = 2):
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} processes")
         if batch_size > len(images):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(images)} images of {images.spec}")
         self.images, self.transform, self.batch_size, self.seed = images, transform, batch_size, seed
+        self.views = views  # 1: a single (raw) copy per image, augmented later on the device
         self.local = batch_size // world_size
         self.offset = rank * self.local
         self.steps_per_epoch = len(images) // batch_size
@@ -51,10 +53,11 @@ class StepBatches(Dataset):
                         ((self.seed * _PRIME + step) * 65_537 + self.offset + slot) % (1 << 63))
                     image = self.images.image(index)
                     first.append(self.transform(image))
-                    second.append(self.transform(image))
+                    if self.views == 2:
+                        second.append(self.transform(image))
         finally:
             torch.set_num_threads(threads)
-        return torch.stack(first), torch.stack(second), indices
+        return torch.stack(first), (torch.stack(second) if second else torch.empty(0)), indices
 
 
 def step_loader(batches: StepBatches, start_step: int, total_steps: int, num_workers: int,

@@ -27,7 +27,7 @@ COMMON = {
     "head_layers": 3, "augment": "moco",
     "seed": 0, "num_workers": 0, "checkpoint_every": 500, "keep_checkpoints": 2, "log_every": 10,
     "knn_every": 0, "knn_k": 200, "knn_t": 0.1, "knn_train_images": 10000, "knn_test_images": 2000,
-    "device": "auto", "amp": "auto", "channels_last": "auto", "compile": False, "clip_grad": None,
+    "device": "auto", "augment_device": "auto", "amp": "auto", "channels_last": "auto", "compile": False, "clip_grad": None,
     "progress": True,
 }
 
@@ -47,7 +47,7 @@ METHOD_DEFAULTS = {
 METHODS = ("moco", "simclr")
 CHOICES = {"method": METHODS, "optimizer": ("sgd", "lars"), "lr_scaling": ("linear", "sqrt", "none"),
            "trainable": ("all", "bn"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "off", "bf16"),
-           "channels_last": ("auto", True, False), "channels": ("auto", 1, 3)}
+           "channels_last": ("auto", True, False), "augment_device": ("auto", True, False), "channels": ("auto", 1, 3)}
 # keys that may differ when resuming a run (they do not change the result)
 RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "knn_every",
                      "device"}

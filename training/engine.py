@@ -24,6 +24,7 @@ from .models import Backbone, backbone_from_zoo, build_backbone, make_bn_only_tr
 from .moco import MoCo
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
 from .simclr import SimCLR
+from .device_views import BatchedViews, raw_transform
 from .views import InputSpec, input_spec, view_transform
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue me"
@@ -156,10 +157,18 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     optimizer = build_optimizer(method.trainable_module(), config["optimizer"], 0.0, config["momentum"],
                                 config["weight_decay"], config["exclude_bn_bias"])
     peak_lr = scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"], config["lr_reference_batch"])
-    batches = StepBatches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
-                          config["seed"], rank, world)
+    on_device = config["augment_device"] is True or (config["augment_device"] == "auto" and device.type == "cuda")
+    if on_device:  # the loader only decodes + resizes; the random ops run batched on the device
+        augment = BatchedViews(setup.spec, config["augment"])
+        batches = StepBatches(setup.source, raw_transform(setup.spec), config["batch_size"], config["seed"], rank,
+                              world, views=1)
+    else:
+        batches = StepBatches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
+                              config["seed"], rank, world)
     monitor = _knn_monitor(config, setup) if config["knn_every"] else None
     resume = _open_run_dir(run_dir, config)
+    if world > 1:  # every rank inspects the run dir before rank 0 writes to it (else a rank may see half of it)
+        dist.barrier()
     start, last_good = 0, None
     if resume:
         method.load_state_dict(resume["method"])
@@ -201,7 +210,12 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         for step, (view1, view2, _) in zip(range(start, total), loader):
             set_lr(optimizer, cosine_lr(step, total, peak_lr, config["warmup_steps"]))
             view1 = view1.to(device, non_blocking=True)
-            view2 = view2.to(device, non_blocking=True)
+            if on_device:  # seeded by (seed, step, rank): a resumed run draws the same views
+                generator = torch.Generator(device).manual_seed(
+                    ((config["seed"] * 1_000_003 + step) * 65_537 + rank) % (1 << 63))
+                view1, view2 = augment(view1, generator), augment(view1, generator)
+            else:
+                view2 = view2.to(device, non_blocking=True)
             with _autocast(device, config):
                 loss = method(view1, view2)
             value = float(loss.detach())
