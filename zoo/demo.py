@@ -144,7 +144,6 @@ def hpt_live(workdir: Path) -> dict:
     from training.views import input_spec
     from .mirror import catalog_entry, publish_to_mirror, update_catalog
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     name = "hpt-animals-mnv2"
     exported = workdir / "runs" / name
     start = time.perf_counter()
