@@ -6,14 +6,14 @@ to RGB: 64 px keeps a 2x2 final feature map in MobileNetV2, the smallest size at
 features are still spatial, and what a CPU budget affords; 96 px costs 2.25x more per image).
 
 Strategies: random init; Base; Base with BN statistics recalibrated on the target (Base-BN);
-Target (MoCo v2 from scratch, a ladder of steps from one run); HPT at 50 / 200 / 500 steps
-(separate runs, each with its own cosine schedule); HPT-BN at 500 steps; one chain
-ImageNet -> animals -> Fashion-MNIST. Evaluations: the HPT linear-separability protocol
+Target (MoCo v2 from scratch, a ladder of 250 / 750 steps from one run); HPT at 50 / 200 / 500
+steps (separate runs, each with its own cosine schedule); HPT-BN at 500 steps; one chain
+ImageNet -> animals (200) -> Fashion-MNIST (200). Evaluations: the HPT linear-separability protocol
 (frozen features, lr grid {0.3, 3, 30}, validation-selected, test top-1) and the 1000-label
 fine-tune (every class at least once). Protocol sizes are scaled down for the CPU and fixed in
 `PROTOCOL` below, the same for every strategy; they were not tuned to make any claim hold.
 
-    python benchmarks/hpt_repro.py --target fashion_mnist &   # ~1 h each, 1 thread each
+    python benchmarks/hpt_repro.py --target fashion_mnist &   # ~75 min each here, 1 thread each
     python benchmarks/hpt_repro.py --target animals &
     python benchmarks/hpt_repro.py --report                    # reads the JSON only
     python benchmarks/hpt_repro.py --quick --target animals     # a few minutes: smoke check

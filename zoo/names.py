@@ -73,20 +73,20 @@ def format_name(name: ModelName) -> str:
     return "-".join(parts)
 
 
-def _strategy(token: str) -> str:
+def _registered(kind: str, token: str, known: dict, aliases: dict) -> str:
     token = token.lower()
-    token = STRATEGY_ALIASES.get(token, token)
-    if token not in STRATEGIES:
-        raise UnknownNameError("strategy", token, list(STRATEGIES) + list(STRATEGY_ALIASES))
+    token = aliases.get(token, token)
+    if token not in known:
+        raise UnknownNameError(kind, token, list(known) + list(aliases))
     return token
+
+
+def _strategy(token: str) -> str:
+    return _registered("strategy", token, STRATEGIES, STRATEGY_ALIASES)
 
 
 def _arch(token: str) -> str:
-    token = token.lower()
-    token = ARCH_ALIASES.get(token, token)
-    if token not in ARCHS:
-        raise UnknownNameError("architecture", token, list(ARCHS) + list(ARCH_ALIASES))
-    return token
+    return _registered("architecture", token, ARCHS, ARCH_ALIASES)
 
 
 def _domain(token: str) -> str:
