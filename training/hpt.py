@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from zoo.domains import DOMAINS, HPT_CHAINS, HPT_TARGETS, get_domain
+from zoo.loader import trunk_sha256
 from zoo.names import ModelName, format_name
 
 from .offline_sets import LOADERS, DataNotFoundError
@@ -119,7 +119,6 @@ def lineage_from(init: str) -> list[dict]:
     It appears once, as "base" (a published model) or "source" (an earlier hop of a chain), so
     base -> source -> target reads off zoo.info(...)["lineage"] in order."""
     import zoo
-    from zoo.checkpoint import WEIGHTS
 
     details = zoo.info(init)
     history = [dict(step) for step in details.get("lineage", [])]
@@ -127,7 +126,7 @@ def lineage_from(init: str) -> list[dict]:
         "role": "source" if details.get("strategy") in ("hpt", "hptbn", "target") else "base",
         "name": details.get("name", str(init)), "domain": details.get("domain"), "method": details.get("method"),
         "steps": details.get("steps"),
-        "sha256": details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")}
+        "sha256": trunk_sha256(details)}
     if history and history[-1].get("name") == started_from["name"]:
         history[-1]["role"] = started_from["role"]
     else:
@@ -172,7 +171,7 @@ def run_base(target: str, base: str, out: str | os.PathLike, *, data: str | None
     model = zoo.load(base)
     spec = input_spec(source.domain, base_cfg=details["pretrained_cfg"], image_size=image_size, crop_pct=crop_pct)
     zoo.recalibrate_bn(model, eval_batches(source, spec, batch_size, max_images))
-    trunk_sha = details.get("trunk_sha256") or details["files"]["model.safetensors"]["sha256"]
+    trunk_sha = trunk_sha256(details)
     name = name_of("base", domain, details.get("arch") or "mnv2")
     with tempfile.TemporaryDirectory() as scratch:
         overlay = Path(scratch) / f"{domain}.safetensors"
@@ -192,7 +191,7 @@ def hptbn_overlay(exported: Path, base: str, out: str | os.PathLike, domain: str
     """Turn an HPT-BN export into an overlay on the base trunk, after proving nothing else changed."""
     import zoo
     from zoo.bn import extract_bn
-    from zoo.checkpoint import META, WEIGHTS, read_json, write_overlay_checkpoint
+    from zoo.checkpoint import META, read_json, write_overlay_checkpoint
 
     trained = zoo.load(exported)
     reference = zoo.load(base).state_dict()
@@ -202,7 +201,7 @@ def hptbn_overlay(exported: Path, base: str, out: str | os.PathLike, domain: str
     if changed:
         raise RuntimeError(f"HPT-BN changed non-BN tensors {changed[:5]}: it cannot be stored as a BN overlay")
     details = zoo.info(base)
-    trunk_sha = details.get("trunk_sha256") or details["files"][WEIGHTS]["sha256"]
+    trunk_sha = trunk_sha256(details)
     meta = read_json(Path(exported) / META)
     for key in ("weights", "trunk_sha256", "bn_variants", "format_version"):
         meta.pop(key, None)

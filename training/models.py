@@ -50,6 +50,7 @@ def backbone_from_zoo(name: str) -> Backbone:
     preprocessing come from it; the caller adds fresh heads."""
     import zoo
     from zoo.integrity import sha256_file
+    from zoo.loader import trunk_sha256
 
     details = zoo.info(name)
     module = zoo.load(name, num_classes=0).train()
@@ -60,7 +61,7 @@ def backbone_from_zoo(name: str) -> Backbone:
         from zoo.checkpoint import CONFIG, read_json
         from pathlib import Path
         args = read_json(Path(details["path"]) / CONFIG).get("model_args", {}) or {}
-    sha = details.get("trunk_sha256") or (details.get("files", {}).get("model.safetensors", {}) or {}).get("sha256")
+    sha = trunk_sha256(details)
     if not sha and "path" in details:
         from pathlib import Path
         sha = sha256_file(Path(details["path"]) / "model.safetensors")

@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from .errors import CheckpointFormatError

@@ -135,8 +135,6 @@ DEMO_HPT = {"steps": 100, "batch_size": 32, "lr": 0.03, "lr_reference_batch": 25
 
 def hpt_live(workdir: Path) -> dict:
     """Steps 5-6: train HPT live, publish it, load it back by name, compare by a quick linear probe."""
-    import torch
-
     import zoo
     from training import hpt
     from training.data import open_source

@@ -55,9 +55,13 @@ def _load_overlay_dir(directory: Path, bn, num_classes, device, dtype) -> torch.
     return build.finish(model, num_classes, file_classes, device, dtype)
 
 
-def _trunk_sha(name) -> str | None:
-    details = info(name)
+def trunk_sha256(details: dict) -> str | None:
+    """The sha256 of a checkpoint's trunk file, from `info(...)` (local folders and catalog entries alike)."""
     return details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")
+
+
+def _trunk_sha(name) -> str | None:
+    return trunk_sha256(info(name))
 
 
 def _load_local(directory: Path, bn, num_classes, device, dtype) -> torch.nn.Module:
