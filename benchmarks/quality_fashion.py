@@ -1,16 +1,20 @@
 """MoCo v2 and SimCLR v2 (ResNet-18, 3x3 stem) on Fashion-MNIST for a fixed CPU budget, against random
-init and a supervised baseline on the same network, same steps and batch.
+init and a supervised baseline on the same network, batch and budget.
+
+The budget is wall-clock minutes of training per method (--minutes): each method first runs a few
+calibration steps, and its step count is set so that it trains for about that long on this machine
+(a cosine schedule needs its length up front, so the budget becomes steps before training starts).
+Steps are recorded, so a rerun elsewhere can pass --steps instead.
 
 Reports kNN (k=200, t=0.1) and linear-probe (HPT protocol, scaled down) top-1 on the official test
 set, writes benchmarks/results/quality_fashion.json and a PNG of kNN accuracy vs steps.
 
-    nice python benchmarks/quality_fashion.py --steps 100 --batch 64 --size 16
+    python benchmarks/quality_fashion.py --minutes 25
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -21,12 +25,13 @@ from training import runfiles
 from training.batches import StepBatches
 from training.config import resolve
 from training.data import open_source
-from training.engine import prepare, pretrain
+from training.engine import apply_memory_format, prepare, pretrain, wants_channels_last
 from training.evaluate import knn_accuracy, linear_eval
 from training.optim import cosine_lr, set_lr
 from training.views import view_transform
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CALIBRATION_WINDOW = 6  # steps per timing window
 
 
 def evaluate(backbone, spec, sets, args) -> dict:
@@ -39,11 +44,33 @@ def evaluate(backbone, spec, sets, args) -> dict:
             "linear_val": linear["val_score"], "eval_seconds": time.perf_counter() - start}
 
 
+def budget_steps(seconds_per_step: float, args) -> int:
+    return args.steps or max(10, int(args.minutes * 60 / seconds_per_step))
+
+
+def ssl_config(method, args, steps) -> dict:
+    knn_every = args.knn_every or max(1, steps // args.curve_points)
+    return resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
+                            batch_size=args.batch, knn_every=knn_every, knn_train_images=args.curve_train,
+                            knn_test_images=args.curve_test, checkpoint_every=steps, progress=False, log_every=10))
+
+
+def calibrate_ssl(method, args, work) -> float:
+    """Seconds per training step, as the engine runs it (data pipeline included), after warm-up."""
+    config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size,
+                              steps=3 * CALIBRATION_WINDOW, batch_size=args.batch, checkpoint_every=1000,
+                              progress=False, log_every=CALIBRATION_WINDOW))
+    run = work / f"{method}-calibration"
+    pretrain(dict(config), run)
+    rates = [row["images_per_s"] for row in runfiles.read_metrics(run) if "images_per_s" in row]
+    return args.batch / (sum(rates[1:]) / len(rates[1:]))  # the first window holds the warm-up
+
+
 def self_supervised(method, args, sets, work) -> dict:
-    overrides = dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=args.steps,
-                     batch_size=args.batch, knn_every=args.knn_every, knn_train_images=args.curve_train,
-                     knn_test_images=args.curve_test, checkpoint_every=args.steps, progress=False, log_every=10)
-    config = resolve({}, overrides)
+    seconds_per_step = calibrate_ssl(method, args, work)
+    steps = budget_steps(seconds_per_step, args)
+    print(f"{method}: {seconds_per_step:.2f} s/step calibrated -> {steps} steps", flush=True)
+    config = ssl_config(method, args, steps)
     run = work / method
     start = time.perf_counter()
     pretrain(dict(config), run)
@@ -53,36 +80,55 @@ def self_supervised(method, args, sets, work) -> dict:
     rows = runfiles.read_metrics(run)
     curve = [(r["step"], r["knn_top1"]) for r in rows if "knn_top1" in r]
     losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    return {"train_seconds": seconds, "curve": curve, "loss": losses, "recipe": config,
-            **evaluate(setup.backbone.module, setup.spec, sets, args)}
+    return {"train_seconds": seconds, "steps": steps, "calibrated_seconds_per_step": seconds_per_step,
+            "curve": curve, "loss": losses, "recipe": config, **evaluate(setup.backbone.module, setup.spec, sets, args)}
 
 
 def supervised(args, sets, work) -> dict:
-    """Cross-entropy on the labels, same backbone, steps, batch and schedule shape; crop+flip views."""
+    """Cross-entropy on the labels: same backbone, layout, batch and budget; crop+flip views, SGD
+    lr 0.1 x batch/256 with a cosine schedule (the usual CIFAR-scale ResNet-18 recipe)."""
     config = resolve({}, dict(method="moco", data="fashion_mnist", arch=args.arch, image_size=args.size,
-                              steps=args.steps, batch_size=args.batch))
+                              batch_size=args.batch))
     setup = prepare(dict(config))
     backbone = setup.backbone.module.train()
+    apply_memory_format(backbone, wants_channels_last("auto", setup.device, backbone, setup.spec.image_size))
     head = torch.nn.Linear(setup.backbone.num_features, 10)
     params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    peak_lr = 0.1 * args.batch / 256
+    optimizer = torch.optim.SGD(params, lr=peak_lr, momentum=0.9, weight_decay=5e-4)
     batches = StepBatches(setup.source, view_transform(setup.spec, "crop_flip"), args.batch, seed=0)
     labels = torch.from_numpy(setup.source.labels())
     val = sets[1]
-    curve, start = [], time.perf_counter()
-    for step in range(args.steps):
-        set_lr(optimizer, cosine_lr(step, args.steps, 0.1))
+
+    def train_step(step, total):
+        set_lr(optimizer, cosine_lr(step, total, peak_lr))
         view, _, index = batches[step]
         loss = F.cross_entropy(head(backbone(view)), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if (step + 1) % args.knn_every == 0 or step + 1 == args.steps:
+
+    # calibration on throwaway copies of the state would cost as much as this: the first steps of
+    # the real run are timed instead, and the step count fixed from them before the schedule matters
+    start = time.perf_counter()
+    for step in range(CALIBRATION_WINDOW):
+        train_step(step, 10 ** 9)  # lr ~ peak for these few steps, as in the first steps of any cosine
+        if step == 1:
+            timed_from = time.perf_counter()
+    seconds_per_step = (time.perf_counter() - timed_from) / (CALIBRATION_WINDOW - 2)
+    steps = budget_steps(seconds_per_step, args)
+    print(f"supervised: {seconds_per_step:.2f} s/step calibrated -> {steps} steps", flush=True)
+    knn_every = args.knn_every or max(1, steps // args.curve_points)
+    curve = []
+    for step in range(CALIBRATION_WINDOW, steps):
+        train_step(step, steps)
+        if (step + 1) % knn_every == 0 or step + 1 == steps:
             curve.append((step + 1, knn_accuracy(backbone, setup.source, val, setup.spec,
                                                  train_images=args.curve_train, test_images=args.curve_test)))
             backbone.train()
     seconds = time.perf_counter() - start
-    return {"train_seconds": seconds, "curve": curve, **evaluate(backbone, setup.spec, sets, args)}
+    return {"train_seconds": seconds, "steps": steps, "calibrated_seconds_per_step": seconds_per_step,
+            "peak_lr": peak_lr, "curve": curve, **evaluate(backbone, setup.spec, sets, args)}
 
 
 def plot(results: dict, path: Path, args) -> None:
@@ -108,9 +154,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="r18c")
     parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget per method")
+    parser.add_argument("--steps", type=int, default=None, help="fixed steps per method instead of --minutes")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--knn-every", type=int, default=None)
+    parser.add_argument("--curve-points", type=int, default=6, help="kNN evaluations along training")
     parser.add_argument("--curve-train", type=int, default=2000)
     parser.add_argument("--curve-test", type=int, default=500)
     parser.add_argument("--eval-train", type=int, default=5000)
@@ -119,7 +167,6 @@ def main():
     parser.add_argument("--methods", default="random,moco,simclr,supervised")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
     args = parser.parse_args()
-    args.knn_every = args.knn_every or max(1, args.steps // 4)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
@@ -140,10 +187,10 @@ def main():
         runfiles.atomic_write_bytes(out, json.dumps({"args": vars(args), "results": results}, indent=2).encode())
     if "random" in results:
         plot(results, RESULTS / "quality_fashion_knn.png", args)
-    print(f"{'':>11} {'kNN':>7} {'linear':>7} {'train s':>8}")
+    print(f"{'':>11} {'kNN':>7} {'linear':>7} {'steps':>6} {'train s':>8}")
     for name, result in results.items():
         print(f"{name:>11} {100 * result['knn_top1']:6.2f}% {100 * result['linear_top1']:6.2f}% "
-              f"{result.get('train_seconds', 0):8.0f}")
+              f"{result.get('steps', 0):6d} {result.get('train_seconds', 0):8.0f}")
 
 
 if __name__ == "__main__":

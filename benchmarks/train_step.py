@@ -3,7 +3,11 @@
 All three run the same math on the same model, batch, queue and resolution: ResNet-18 (3x3 stem)
 backbone, 2-layer MLP head, momentum key encoder, key batch shuffled before the key encoder, a queue
 of K negatives, InfoNCE at temperature T, SGD with momentum. They are timed in interleaved rounds in
-one process so background load hits them alike.
+one process, the order rotated every round, so background load hits them alike.
+
+"ours" is MoCo as the engine runs it, in the layout its channels_last="auto" picks (NHWC, oneDNN's
+faster path on CPU, unless the feature maps shrink below 2x2); "ours_nchw" is the same code in the
+default layout the other two use, to separate the layout's gain from the code's overhead.
 
     python benchmarks/train_step.py [--batch 64] [--size 32] [--queue 4096] [--rounds 3] [--steps 3]
 The last line reads: moco step speedup vs lightly: X.XXx
@@ -18,14 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.engine import apply_memory_format, wants_channels_last
 from training.models import build_backbone
 from training.moco import MoCo
 
 DIM, HIDDEN, EMA, TEMPERATURE, LR = 128, 512, 0.99, 0.1, 0.06
 
 
-def ours(backbone, queue_size):
+def ours(backbone, queue_size, size, channels_last="auto"):
+    """MoCo as the engine runs it, in the layout the engine's channels_last="auto" picks."""
     model = MoCo(backbone, backbone.num_features, DIM, HIDDEN, queue_size, EMA, TEMPERATURE, bn_splits=1)
+    apply_memory_format(model, wants_channels_last(channels_last, torch.device("cpu"), backbone, size))
     optimizer = torch.optim.SGD(model.query.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
 
     def step(x1, x2):
@@ -111,23 +118,33 @@ def main():
     torch.manual_seed(0)
     x1, x2 = torch.randn(args.batch, 3, args.size, args.size), torch.randn(args.batch, 3, args.size, args.size)
     steps = {}
-    for name, make in (("ours", ours), ("bare", bare), ("lightly", lightly_parts)):
+    implementations = (("ours", lambda b, q: ours(b, q, args.size)),
+                       ("ours_nchw", lambda b, q: ours(b, q, args.size, channels_last=False)),
+                       ("bare", bare), ("lightly", lightly_parts))
+    for name, make in implementations:
         torch.manual_seed(0)
         steps[name] = make(build_backbone(args.arch, 3).module.train(), args.queue)
         steps[name](x1, x2)  # warm-up (allocator, oneDNN primitive cache)
     seconds = {name: 0.0 for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for round_index in range(args.rounds):
+        # rotate the order every round so no implementation always runs first or last (caches, turbo)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(x1, x2)
+                steps[name](x1, x2)
             seconds[name] += time.perf_counter() - start
     images = args.rounds * args.steps * args.batch
     rate = {name: images / value for name, value in seconds.items()}
-    print(f"MoCo v2 step, {args.arch} {args.size}px, batch {args.batch}, queue {args.queue}, "
+    layout = "NHWC" if wants_channels_last("auto", torch.device("cpu"), build_backbone(args.arch, 3).module,
+                                           args.size) else "NCHW"
+    print(f"MoCo v2 step, {args.arch} {args.size}px, batch {args.batch}, queue {args.queue}, ours in {layout}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds}x{args.steps} steps each")
     for name, value in rate.items():
         print(f"{name:>8}: {value:8.1f} img/s  ({seconds[name] / (args.rounds * args.steps) * 1000:.0f} ms/step)")
+    print(f"ours in the others' layout (NCHW) vs lightly: {rate['ours_nchw'] / rate['lightly']:.2f}x; "
+          f"vs bare loop: {rate['ours_nchw'] / rate['bare']:.3f}x")
     print(f"ours / bare loop: {rate['ours'] / rate['bare']:.3f}x (time ratio bare/ours)")
     print(f"moco step speedup vs lightly: {rate['ours'] / rate['lightly']:.2f}x")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import dist, runfiles
 from .batches import StepBatches, step_loader
@@ -89,6 +90,26 @@ def prepare(config: dict) -> Setup:
     if config["trainable"] == "bn":
         make_bn_only_trainable(method.backbone)
     return Setup(config, source, spec, backbone, method.to(device), device)
+
+
+def wants_channels_last(setting, device: torch.device, backbone: nn.Module, image_size: int) -> bool:
+    """channels_last True/False as set; "auto": always on CUDA, and on CPU when the last feature map
+    is at least 2x2. oneDNN's NHWC convolutions trained 13-76% faster on this 2-core CPU (r18c at
+    32 px, r18 at 96 px, mnv2 at 64 px), neutral for r50 at 64 px (2x2 map), and 13% slower for r18
+    at 32 px, whose maps shrink to 1x1 (benchmarks/RESULTS.md). The layout never changes the saved
+    values (export and checkpoints write contiguous tensors)."""
+    if setting in (True, False):
+        return setting
+    if device.type == "cuda":
+        return True
+    stages = getattr(backbone, "feature_info", None) or [{"reduction": 32}]
+    return image_size // stages[-1]["reduction"] >= 2
+
+
+def apply_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module
 
 
 class _SigtermFlag:
@@ -179,13 +200,14 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         runfiles.write_config(run_dir, config)
         metrics.truncate_after(start)
+    # the layout is set before DDP builds its gradient buckets from it
+    apply_memory_format(method, wants_channels_last(config["channels_last"], device, method.backbone,
+                                                    setup.spec.image_size))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         method.set_runner(DistributedDataParallel(method.trainable_module(),
                                                   device_ids=[device] if device.type == "cuda" else None))
-    if device.type == "cuda" and config["channels_last"] in ("auto", True):
-        method.to(memory_format=torch.channels_last)
     if config["compile"]:
         method.set_runner(torch.compile(method._query_runner or method.query) if isinstance(method, MoCo)
                           else torch.compile(method._runner or method.encoder))
@@ -198,8 +220,6 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         return last_good
     loader = step_loader(batches, start, total, config["num_workers"], pin_memory=device.type == "cuda")
     method.train()
-    if config["trainable"] == "bn":
-        pass  # BN layers stay in train mode so running statistics adapt (HPT-BN)
     from tqdm import tqdm
 
     progress = tqdm(total=total, initial=start, disable=not (config["progress"] and rank == 0),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet
 from .features import extract, subset
-from .views import InputSpec, eval_transform, view_transform
+from .views import InputSpec, view_transform
 
 
 def command_line() -> str:

@@ -1,7 +1,6 @@
 """Run checkpoint -> zoo checkpoint folder (zoo.checkpoint format), which zoo.load reads directly."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path

@@ -22,6 +22,8 @@ def create_model(timm_arch: str, num_classes: int, model_args: dict | None = Non
             raise CheckpointFormatError(f"zoo_stem='cifar' needs a ResNet, not {timm_arch}")
         model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = torch.nn.Identity()
+        for stage in getattr(model, "feature_info", []):  # both stride-2 ops are gone: 4x less reduction
+            stage["reduction"] = max(1, stage["reduction"] // 4)
     elif stem is not None:
         raise CheckpointFormatError(f"unknown zoo_stem {stem!r} in model_args (known: 'cifar')")
     return model
