@@ -123,7 +123,7 @@ def _find_columns(dataset) -> tuple[str, str | None, int | None, bool]:
 
 def _how_to_point(spec: str) -> str:
     return (f"--data takes an offline set ({', '.join(LOADERS)}), an image folder "
-            f"(<dir>/<split>/<class>/<image>), or hf:<dataset id> for a Hub dataset; {spec!r} is none of these")
+            f"(<dir>/<split>/<class>/<image>), or hf:<dataset id>[@<revision>] for a Hub dataset; {spec!r} is none of these")
 
 
 def open_source(spec: str, split: str = "train", domain: str | None = None, cache: bool = True) -> ImageSet:
@@ -172,19 +172,23 @@ def _load_folder(spec: str, split: str):
 
 
 def _load_hub(spec: str, split: str):
+    """hf:<org>/<name>[@<revision>]: through `datasets` from the Hub, or whatever HF_ENDPOINT names
+    (an olah mirror); with HF_HUB_OFFLINE=1 from the local cache. A revision pins the data."""
     from datasets import load_dataset
 
     repo = spec[3:] if spec.startswith("hf:") else spec
+    repo, _, revision = repo.partition("@")
     last_error = None
     for name in _split_names(split):
         try:
-            return load_dataset(repo, split=name)
+            return load_dataset(repo, split=name, revision=revision or None)
         except ValueError as error:  # unknown split: try the next spelling
             last_error = error
         except Exception as error:
             raise DataNotFoundError(
-                f"Hub dataset {repo!r} could not be loaded ({type(error).__name__}: {str(error)[:200]}). "
-                f"It needs the Hub (or HF_ENDPOINT mirror / HF_DATASETS_OFFLINE=1 with a filled cache). "
+                f"Hub dataset {repo!r}{f' at {revision!r}' if revision else ''} could not be loaded "
+                f"({type(error).__name__}: {str(error)[:200]}). It needs the Hub or a mirror (HF_ENDPOINT), "
+                f"or HF_HUB_OFFLINE=1 with a cache filled earlier by the same call online. "
                 f"{_how_to_point(spec)}") from None
     raise DataNotFoundError(f"Hub dataset {repo!r} has no split {split!r}: {last_error}")
 

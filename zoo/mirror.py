@@ -1,6 +1,7 @@
 """Publishing to a Hub-compatible mirror (olah) and recording what was published in a catalog.
 
-A mirror repo is a plain git repo (branch ``main``) at ``<root>/models/<org>/<name>`` whose
+A mirror repo is a plain git repo (branch ``main``) at ``<root>/models/<org>/<name>`` (datasets:
+``<root>/datasets/<org>/<name>``, which `datasets.load_dataset` reads through olah too) whose
 ``*.safetensors`` are git-LFS pointers with the objects under ``.git/lfs/objects`` — the layout
 the Hub itself uses, so olah answers HEAD with ``ETag = sha256`` for them and huggingface_hub
 names the cached blob by that sha256. Commits use a fixed author and date, so publishing the
@@ -24,7 +25,7 @@ from .checkpoint import CONFIG, META, dump_json, read_json
 from .errors import ZooError
 from .integrity import sha256_file
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")  # part of the pinned commits: changing it changes them
 _FIXED_GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "hpt-zoo", "GIT_AUTHOR_EMAIL": "zoo@localhost", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
     "GIT_COMMITTER_NAME": "hpt-zoo", "GIT_COMMITTER_EMAIL": "zoo@localhost",
@@ -44,14 +45,22 @@ def lfs_pointer(sha256: str, size: int) -> str:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n"
 
 
-def repo_path(mirror_root: str | os.PathLike, repo_id: str) -> Path:
-    return Path(mirror_root) / "models" / repo_id
+REPO_TYPES = {"model": "models", "dataset": "datasets"}
 
 
-def publish_to_mirror(checkpoint_dir: str | os.PathLike, mirror_root: str | os.PathLike, repo_id: str) -> str:
-    """Commit the folder's files into the mirror repo (created fresh) and return the commit id."""
+def repo_path(mirror_root: str | os.PathLike, repo_id: str, repo_type: str = "model") -> Path:
+    if repo_type not in REPO_TYPES:
+        raise ZooError(f"repo_type must be one of {', '.join(REPO_TYPES)}, not {repo_type!r}")
+    return Path(mirror_root) / REPO_TYPES[repo_type] / repo_id
+
+
+def publish_to_mirror(checkpoint_dir: str | os.PathLike, mirror_root: str | os.PathLike, repo_id: str,
+                      repo_type: str = "model") -> str:
+    """Commit the folder's files into the mirror repo (created fresh) and return the commit id.
+    A dataset folder needs a README.md (its card): `datasets` reads it first and, served by olah,
+    a repo without one looks absent."""
     checkpoint_dir = Path(checkpoint_dir)
-    target = repo_path(mirror_root, repo_id)
+    target = repo_path(mirror_root, repo_id, repo_type)
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=target.parent if target.parent.exists() else None))
     try:
         _git(staging, "init", "-q", "-b", "main")
@@ -70,7 +79,8 @@ def publish_to_mirror(checkpoint_dir: str | os.PathLike, mirror_root: str | os.P
         (staging / ".gitattributes").write_text("".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n"
                                                         for s in LFS_SUFFIXES))
         _git(staging, "add", "-A")
-        _git(staging, "commit", "-q", "-m", f"publish {read_json(checkpoint_dir / META).get('name', repo_id)}")
+        name = read_json(checkpoint_dir / META).get("name", repo_id) if (checkpoint_dir / META).exists() else repo_id
+        _git(staging, "commit", "-q", "-m", f"publish {name}")
         commit = _git(staging, "rev-parse", "HEAD")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
