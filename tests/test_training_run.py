@@ -154,3 +154,39 @@ def test_nonfinite_loss_names_step_and_last_good_checkpoint(tmp_path):
     runfiles.load_checkpoint(last[1])  # complete and readable
     with pytest.raises(ConfigError, match="different recipe"):  # resume with another recipe is refused
         pretrain(small(steps=8, lr=0.1, checkpoint_every=1, queue_size=64), tmp_path / "run")
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    """Resume restores Python's and NumPy's global RNGs too (user transforms draw from them)."""
+    import random
+
+    import numpy as np
+
+    from training.engine import restore_rng_states, rng_states
+
+    cpu = torch.device("cpu")
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    random.gauss(0, 1), np.random.standard_normal()  # leave a cached Gaussian in both generators
+    torch.save({"rng": rng_states(cpu)}, tmp_path / "state.pt")
+
+    def draws():
+        return random.random(), random.gauss(0, 1), np.random.rand(), np.random.standard_normal(), torch.rand(2).tolist()
+
+    expected = draws()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    restore_rng_states(torch.load(tmp_path / "state.pt", weights_only=True)["rng"], cpu)
+    assert draws() == expected
+
+
+def test_channels_last_auto_follows_the_feature_map_size():
+    from training.engine import wants_channels_last
+    from training.models import build_backbone
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    r18, r18c = build_backbone("r18", 3).module, build_backbone("r18c", 3).module
+    assert r18c.feature_info[-1]["reduction"] == 8  # the 3x3 stem keeps 4x more resolution than timm's
+    assert wants_channels_last("auto", cpu, r18c, 32)  # 4x4 last map: NHWC is faster on oneDNN
+    assert not wants_channels_last("auto", cpu, r18, 32)  # 1x1 last map: NHWC measured slower
+    assert wants_channels_last("auto", cpu, r18, 64)
+    assert wants_channels_last("auto", cuda, r18, 32)
+    assert wants_channels_last(True, cpu, r18, 32) and not wants_channels_last(False, cuda, r18c, 224)

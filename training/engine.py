@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -137,11 +139,38 @@ def _autocast(device: torch.device, config: dict):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
 
+def rng_states(device: torch.device) -> dict:
+    """Every global RNG a step could draw from: torch's (our views), CUDA's, and Python's and NumPy's
+    (user transforms and some libraries use those). Plain tensors, ints and strings only, so the
+    checkpoint still loads with weights_only=True."""
+    numpy_state = np.random.get_state(legacy=False)
+    version, mt_state, gauss = random.getstate()
+    states = {"torch": torch.get_rng_state(),
+              "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+              "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                        "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                        "gauss": float(numpy_state["gauss"])}}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"])
+    if "python" in states:  # absent in checkpoints written before they were saved
+        python = states["python"]
+        random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    if "numpy" in states:
+        numpy_state = states["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
+                             "gauss": numpy_state["gauss"],
+                             "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]}})
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
 def _state(step: int, setup: Setup, optimizer) -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if setup.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(setup.device)
-    return {"step": step, "method": setup.method.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+    return {"step": step, "method": setup.method.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(setup.device),
             "config": setup.config, "spec": setup.spec.as_dict(), "world_size": dist.world_size(),
             "arch": {"arch": setup.backbone.arch, "timm_arch": setup.backbone.timm_arch,
                      "model_args": setup.backbone.model_args, "num_features": setup.backbone.num_features},
@@ -212,9 +241,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         method.set_runner(torch.compile(method._query_runner or method.query) if isinstance(method, MoCo)
                           else torch.compile(method._runner or method.encoder))
     if resume:  # after everything that draws random numbers during setup
-        torch.set_rng_state(resume["rng"]["torch"])
-        if "cuda" in resume["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        restore_rng_states(resume["rng"], device)
     total = config["steps"]
     if start >= total:
         return last_good
