@@ -141,7 +141,8 @@ def plot(results: dict, path: Path, args) -> None:
         if result.get("curve"):
             steps, values = zip(*result["curve"])
             axis.plot(steps, [100 * v for v in values], marker="o", label=name)
-    axis.axhline(100 * results["random"]["knn_top1"], color="gray", linestyle="--", label="random init")
+    axis.axhline(100 * results["random"]["knn_top1"], color="gray", linestyle="--",
+                 label=f"random init ({args.eval_train} train / test set kNN)")
     axis.set_xlabel("training step")
     axis.set_ylabel("kNN top-1 on val subset (%)")
     axis.set_title(f"Fashion-MNIST, {args.arch} {args.size}px, batch {args.batch}")
@@ -165,13 +166,15 @@ def main():
     parser.add_argument("--eval-test", type=int, default=None, help="val/test images for the final evals")
     parser.add_argument("--probe-iterations", type=int, default=1000)
     parser.add_argument("--methods", default="random,moco,simclr,supervised")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other methods' results already in the JSON (rerun some methods only)")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
-    results = {}
     out = RESULTS / "quality_fashion.json"
+    results = json.loads(out.read_text())["results"] if args.update and out.exists() else {}
     RESULTS.mkdir(exist_ok=True)
     for name in args.methods.split(","):
         print(f"== {name}", flush=True)

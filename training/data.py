@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ import torch
 from zoo.domains import Domain, get_domain, resolve_domain_name
 
 from .offline_sets import LOADERS, DataNotFoundError, load_offline
+
+if TYPE_CHECKING:  # datasets is imported lazily: it costs ~1 s, and the zoo side never needs it
+    import datasets
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -31,7 +35,7 @@ CACHE_PIXELS = 512 * 1024 * 1024
 
 @dataclass
 class ImageSet:
-    dataset: "datasets.Dataset"  # noqa: F821
+    dataset: datasets.Dataset
     spec: str
     split: str
     domain: Domain | None

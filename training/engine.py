@@ -96,9 +96,9 @@ def prepare(config: dict) -> Setup:
 
 def wants_channels_last(setting, device: torch.device, backbone: nn.Module, image_size: int) -> bool:
     """channels_last True/False as set; "auto": always on CUDA, and on CPU when the last feature map
-    is at least 2x2. oneDNN's NHWC convolutions trained 13-76% faster on this 2-core CPU (r18c at
-    32 px, r18 at 96 px, mnv2 at 64 px), neutral for r50 at 64 px (2x2 map), and 13% slower for r18
-    at 32 px, whose maps shrink to 1x1 (benchmarks/RESULTS.md). The layout never changes the saved
+    is at least 2x2. oneDNN's NHWC convolutions trained 7-56% faster on the 2-core CPUs we measured
+    (r18c at 32 px, r18 at 96 px, mnv2 at 64 px), neutral for r50 at 64 px (2x2 map), and 13% slower
+    for r18 at 32 px, whose maps shrink to 1x1 (benchmarks/results/training.md). The layout never changes the saved
     values (export and checkpoints write contiguous tensors)."""
     if setting in (True, False):
         return setting
