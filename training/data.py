@@ -78,7 +78,7 @@ def to_chw(image) -> torch.Tensor:
     if hasattr(image, "mode"):  # PIL
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
-        array = np.asarray(image)
+        array = np.array(image)  # writable: a tensor over PIL's read-only buffer must never be written to
     else:
         array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
