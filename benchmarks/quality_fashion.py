@@ -186,8 +186,9 @@ def main():
             results[name] = supervised(args, sets, work)
         else:
             results[name] = self_supervised(name, args, sets, work / f"{name}-{int(time.time())}")
-        print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss")}), flush=True)
-        runfiles.atomic_write_bytes(out, json.dumps({"args": vars(args), "results": results}, indent=2).encode())
+        results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
+        print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss", "args")}), flush=True)
+        runfiles.atomic_write_bytes(out, json.dumps({"results": results}, indent=2).encode())
     if "random" in results:
         plot(results, RESULTS / "quality_fashion_knn.png", args)
     print(f"{'':>11} {'kNN':>7} {'linear':>7} {'steps':>6} {'train s':>8}")

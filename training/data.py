@@ -127,7 +127,8 @@ def _find_columns(dataset) -> tuple[str, str | None, int | None, bool]:
 
 def _how_to_point(spec: str) -> str:
     return (f"--data takes an offline set ({', '.join(LOADERS)}), an image folder "
-            f"(<dir>/<split>/<class>/<image>), or hf:<dataset id>[@<revision>] for a Hub dataset; {spec!r} is none of these")
+            f"(<dir>/<split>/<class>/<image>), or hf:<dataset id>[@<revision>] for a Hub dataset; "
+            f"{spec!r} is none of these")
 
 
 def open_source(spec: str, split: str = "train", domain: str | None = None, cache: bool = True) -> ImageSet:

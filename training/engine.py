@@ -170,7 +170,8 @@ def restore_rng_states(states: dict, device: torch.device) -> None:
 
 
 def _state(step: int, setup: Setup, optimizer) -> dict:
-    return {"step": step, "method": setup.method.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(setup.device),
+    return {"step": step, "method": setup.method.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": rng_states(setup.device),
             "config": setup.config, "spec": setup.spec.as_dict(), "world_size": dist.world_size(),
             "arch": {"arch": setup.backbone.arch, "timm_arch": setup.backbone.timm_arch,
                      "model_args": setup.backbone.model_args, "num_features": setup.backbone.num_features},
