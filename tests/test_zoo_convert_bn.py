@@ -33,7 +33,8 @@ def _logits_equal(folder, reference_state):
 def test_torchvision_state_dict_maps_onto_timm(tmp_path, torchvision_state):
     source = tmp_path / "tv.pth"
     torch.save(torchvision_state, source)
-    folder = convert(source, tmp_path / "out", timm_arch="mobilenetv2_100", name="tv-mnv2")
+    folder = convert(source, tmp_path / "out", timm_arch="mobilenetv2_100", name="tv-mnv2",
+                     preprocessing="torchvision")
     assert _logits_equal(folder, torchvision_state)
     assert zoo.info(folder)["source_checkpoint"]["layout"] == "plain"
 
@@ -62,7 +63,8 @@ def test_openselfsup_backbone_pickle(tmp_path):
     reference = timm.create_model("resnet18", num_classes=0).eval()
     source = tmp_path / "hpt.pth"
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in reference.state_dict().items()}}, source)
-    model = zoo.load(convert(source, tmp_path / "out", timm_arch="resnet18", name="hpt-test-r18"))
+    model = zoo.load(convert(source, tmp_path / "out", timm_arch="resnet18", name="hpt-test-r18",
+                             preprocessing="hpt:resisc"))
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
 
 
@@ -86,7 +88,7 @@ def test_missing_keys_are_reported_by_name(tmp_path, torchvision_state):
     source = tmp_path / "broken.pth"
     torch.save(broken, source)
     with pytest.raises(CheckpointFormatError, match="features.3.conv.1.0.weight|missing keys"):
-        convert(source, tmp_path / "out", timm_arch="mobilenetv2_100", name="broken")
+        convert(source, tmp_path / "out", timm_arch="mobilenetv2_100", name="broken", preprocessing="torchvision")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
@@ -94,7 +96,8 @@ def test_missing_keys_are_reported_by_name(tmp_path, torchvision_state):
 def local_checkpoint(tmp_path_factory, torchvision_state):
     root = tmp_path_factory.mktemp("local")
     torch.save(torchvision_state, root / "tv.pth")
-    return convert(root / "tv.pth", root / "ckpt", timm_arch="mobilenetv2_100", name="local-mnv2")
+    return convert(root / "tv.pth", root / "ckpt", timm_arch="mobilenetv2_100", name="local-mnv2",
+                   preprocessing="torchvision")
 
 
 def test_recalibration_equals_exact_statistics_of_layer_inputs():

@@ -45,13 +45,14 @@ def catalog_paths() -> list[Path]:
 
 @lru_cache(maxsize=8)
 def _load(paths: tuple[Path, ...], stamps: tuple) -> dict:
-    merged = {"models": {}, "bases": {}}
+    merged = {"models": {}, "bases": {}, "upstream": {}}
     for path in paths:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
         merged["models"].update(data.get("models", {}))
         merged["bases"].update(data.get("bases", {}))
+        merged["upstream"].update(data.get("upstream", {}))  # publishers' files, converted on first use (upstream.py)
     return merged
 
 
@@ -63,7 +64,7 @@ def catalog() -> dict:
 
 def published_names() -> list[str]:
     data = catalog()
-    names = set(data["models"])
+    names = set(data["models"]) | set(data["upstream"])
     for arch, base in data["bases"].items():
         entry = data["models"].get(base, {})
         for domain in entry.get("bn_variants", []):
@@ -107,6 +108,9 @@ def resolve(text: str) -> tuple[Entry, str | None]:
     models = data["models"]
     if text in models:
         return Entry(text, models[text]), None
+    upstream = _upstream_entry(text, data)
+    if upstream:
+        return upstream, None
     try:
         parsed = parse_name(text)
     except UnknownNameError as error:
@@ -115,6 +119,9 @@ def resolve(text: str) -> tuple[Entry, str | None]:
     name = canonical(text)
     if name in models:
         return Entry(name, models[name]), None
+    upstream = _upstream_entry(name, data)
+    if upstream:
+        return upstream, None
     if parsed.steps is None:  # several step counts published: the recommended one, else ask
         prefix = name + "-"
         choices = {n: e for n, e in models.items() if n.startswith(prefix) and n[len(prefix):].rstrip("k").isdigit()}
@@ -133,6 +140,13 @@ def resolve(text: str) -> tuple[Entry, str | None]:
     near_text = f" Published names close to it: {', '.join(near)}." if near else ""
     raise NotPublishedError(f"{name!r} is a valid recipe name but no checkpoint is published for it yet."
                             f"{near_text} {recipe_hint(parsed)}")
+
+
+def _upstream_entry(text: str, data: dict) -> Entry | None:
+    from .upstream import find
+
+    name = find(text, data["upstream"])
+    return Entry(name, {**data["upstream"][name], "kind": "upstream"}) if name else None
 
 
 def check_variant(entry: Entry, bn: str) -> str:

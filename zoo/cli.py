@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import ZooError
@@ -63,6 +64,12 @@ def cmd_download(args) -> int:
     done = []
     for name in args.names:
         entry, _ = resolve(name)
+        if entry.data.get("kind") == "upstream":  # the publisher's file, verified and converted into the cache
+            from .upstream import ensure
+            done.append({"name": entry.name, "file": "(converted)", "path": str(ensure(entry))})
+            if not args.json:
+                print(f"ok  {entry.name}  converted -> {done[-1]['path']}")
+            continue
         for filename in sorted(entry.files):
             path = fetch(entry, filename)
             done.append({"name": entry.name, "file": filename, "path": path})
@@ -87,6 +94,11 @@ def cmd_verify(args) -> int:
         if entry.name in seen:
             continue
         seen.add(entry.name)
+        if entry.data.get("kind") == "upstream":
+            from .upstream import cached
+            rows.append({"name": entry.name, "file": "(converted copy)", "status": "cached" if cached(entry) else
+                         "not converted (zoo.load or zoo import makes it)"})
+            continue
         for filename, record in sorted(entry.files.items()):
             path = try_to_load_from_cache(entry.repo_id, filename, revision=entry.revision)
             if not isinstance(path, str):
@@ -112,12 +124,36 @@ def cmd_convert(args) -> int:
     from .convert import convert
     from .names import ARCHS, ARCH_ALIASES
 
-    timm_arch = ARCHS.get(ARCH_ALIASES.get(args.arch, args.arch), args.arch)
+    timm_arch = ARCHS.get(ARCH_ALIASES.get(args.arch.lower(), args.arch.lower()), args.arch)
     meta = {"strategy": args.strategy, "method": args.method, "domain": args.domain, "license": args.license}
-    output = convert(args.source, args.output, timm_arch=timm_arch, name=args.name or args.output,
-                     meta={k: v for k, v in meta.items() if v}, keep_classifier=args.keep_classifier)
+    output = convert(args.source, args.output, timm_arch=timm_arch, name=args.name or os.path.basename(
+                     os.path.normpath(args.output)), meta={k: v for k, v in meta.items() if v},
+                     keep_classifier=args.keep_classifier, source_format=args.format, preprocessing=args.preprocessing,
+                     source_url=args.url)
     _emit(args, {"output": str(output)}, f"wrote {output}")
     return 0
+
+
+def cmd_import(args) -> int:
+    """Verify a publisher's file downloaded elsewhere and convert it into the zoo cache under its catalog name."""
+    from .catalog import resolve
+    from .errors import UnknownNameError
+    from .upstream import import_file, is_upstream
+
+    entry, _ = resolve(args.name)
+    if not is_upstream(entry):
+        raise UnknownNameError("upstream release", args.name, _upstream_names(),
+                               hint=f"{entry.name} is published on the Hub: `zoo download {entry.name}` fetches it.")
+    folder = import_file(entry, args.file)
+    _emit(args, {"name": entry.name, "path": str(folder)}, f"imported {entry.name} -> {folder}; "
+                                                           f"zoo.load({entry.name!r}) now works offline")
+    return 0
+
+
+def _upstream_names() -> list[str]:
+    from .catalog import catalog
+
+    return sorted(catalog()["upstream"])
 
 
 def cmd_publish(args) -> int:
@@ -189,7 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain")
     p.add_argument("--license")
     p.add_argument("--keep-classifier", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--format", help="source format (default: detected from the keys): moco, openselfsup-moco, "
+                   "openselfsup-simclr, openselfsup-byol, openselfsup, simclrv2-pytorch, plain")
+    p.add_argument("--preprocessing", help="what the source was trained/evaluated with: moco, simclr, torchvision, "
+                   "hpt:<domain> (required when the format does not imply it)")
+    p.add_argument("--url", help="where the source file came from (recorded in the lineage)")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("import", parents=[common], help="verify + convert a downloaded upstream release (offline)")
+    p.add_argument("name", help="an upstream catalog name, e.g. moco-imagenet-r50")
+    p.add_argument("file", help="the publisher's file you downloaded")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("publish", parents=[common], help="commit a checkpoint folder to a mirror (olah) repo")
     p.add_argument("checkpoint")
     p.add_argument("--mirror", required=True, help="mirror root (olah's mirrors-path)")

@@ -93,6 +93,9 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
     if directory is not None:
         return _load_local(directory, bn, num_classes, device, dtype)
     entry, implied_bn = resolve(str(name))
+    if entry.data.get("kind") == "upstream":  # a publisher's file, converted into the zoo cache on first use
+        from . import upstream
+        return upstream.load(entry, bn=bn, revision=revision, num_classes=num_classes, device=device, dtype=dtype)
     if implied_bn and bn and implied_bn != bn:
         raise UnknownVariantError(f"{name} already means BN variant {implied_bn!r}; do not also pass bn={bn!r}")
     bn = bn or implied_bn
@@ -152,6 +155,9 @@ def card(name: str | os.PathLike) -> str:
     if directory is not None:
         return (directory / CARD).read_text()
     entry, _ = resolve(str(name))
+    if entry.data.get("kind") == "upstream":
+        from . import upstream
+        return upstream.card(entry)
     return Path(fetch(entry, CARD)).read_text()
 
 
