@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 PRETRAIN_FLAGS = {  # flag -> (type, help); each maps to the recipe key of the same name
-    "method": (str, "moco or simclr"), "data": (str, "offline set, image folder or hf:<id>"),
+    "method": (str, "moco, simclr, pic, rotation, supervised, selftrain or distill"), "data": (str, "offline set, image folder or hf:<id>"),
     "domain": (str, "domain for mean/std/size when --data is a folder or Hub id"),
     "arch": (str, "r18c, r18, r50, mnv2"), "steps": (int, "training iterations"),
     "batch_size": (int, "global batch (split over processes)"), "lr": (float, "base lr (scaled by lr_scaling)"),

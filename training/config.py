@@ -9,6 +9,8 @@ import difflib
 import json
 from pathlib import Path
 
+from . import registry
+
 
 class ConfigError(ValueError):
     """A recipe or command line that cannot run; the message says which key and why."""
@@ -44,7 +46,8 @@ METHOD_DEFAULTS = {
                           "weight_decay": 1e-4, "exclude_bn_bias": True, "temperature": 0.5, "proj_hidden": 512,
                           "augment": "simclr_small", "warmup_steps": "5%"},
 }
-METHODS = ("moco", "simclr")
+METHOD_DEFAULTS.update(registry.METHOD_DEFAULTS)  # the methods beyond MoCo / SimCLR (training.registry)
+METHODS = registry.METHODS
 CHOICES = {"method": METHODS, "optimizer": ("sgd", "lars"), "lr_scaling": ("linear", "sqrt", "none"),
            "trainable": ("all", "bn"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False), "augment_device": ("auto", True, False), "channels": ("auto", 1, 3)}
@@ -82,22 +85,26 @@ def read_recipe(path: str | Path) -> dict:
     return data
 
 
-def _check_known(values: dict, where: str) -> None:
+def _check_known(values: dict, where: str, method: str | None = None) -> None:
     for key in values:
-        if key not in COMMON:
-            near = difflib.get_close_matches(key, COMMON, n=2)
+        owner = registry.owner_of(key)
+        if owner and method and owner != method and key not in registry.METHOD_KEYS.get(method, {}):
+            raise ConfigError(f"{key!r} in {where} is a setting of method {owner!r}, not of {method!r}")
+        if key not in COMMON and not owner:
+            known = set(COMMON).union(*registry.METHOD_KEYS.values())
+            near = difflib.get_close_matches(key, known, n=2)
             raise ConfigError(f"unknown key {key!r} in {where}" + (f"; did you mean {', '.join(near)}?" if near else
-                                                                   f"; known keys: {', '.join(sorted(COMMON))}"))
+                                                                   f"; known keys: {', '.join(sorted(known))}"))
 
 
 def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
     recipe, overrides = dict(recipe or {}), {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check_known(recipe, "the recipe")
-    _check_known(overrides, "the command line")
     chosen = {**recipe, **overrides}
     method = chosen.get("method", COMMON["method"])
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, not {method!r}")
+    _check_known(recipe, "the recipe", method)
+    _check_known(overrides, "the command line", method)
     from .models import short_arch
     try:
         arch = short_arch(str(chosen.get("arch", COMMON["arch"])))
@@ -105,7 +112,8 @@ def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
         raise ConfigError(str(error)) from None
     # starting from a base checkpoint without naming an arch: the base decides it (ImageNet-scale defaults)
     scale = "imagenet" if chosen.get("init") and "arch" not in chosen else scale_of(arch)
-    config = {**COMMON, **METHOD_DEFAULTS[(method, scale)], **chosen, "arch": arch}
+    config = {**COMMON, **registry.METHOD_KEYS.get(method, {}), **METHOD_DEFAULTS[(method, scale)], **chosen,
+              "arch": arch}
     _validate(config)
     if isinstance(config["warmup_steps"], str):  # "5%" of the run
         config["warmup_steps"] = int(round(float(config["warmup_steps"].rstrip("%")) / 100 * config["steps"]))
@@ -135,6 +143,9 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"warmup_steps must be an integer or a percentage like '5%', not {warmup!r}")
     if isinstance(warmup, int) and not 0 <= warmup < config["steps"]:
         raise ConfigError(f"warmup_steps ({warmup}) must be smaller than steps ({config['steps']})")
+    problems = registry.validate(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if config["method"] == "moco" and config["batch_size"] > config["queue_size"]:
         raise ConfigError(f"queue_size ({config['queue_size']}) must be at least the batch ({config['batch_size']})")
     if config["bn_splits"] > config["batch_size"]:

@@ -65,13 +65,32 @@ def pick_device(config: dict) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def build_method(config: dict, backbone: Backbone) -> torch.nn.Module:
-    common = dict(feature_dim=backbone.num_features, dim=config["proj_dim"], hidden=config["proj_hidden"],
-                  temperature=config["temperature"])
-    if config["method"] == "moco":
-        return MoCo(backbone.module, queue_size=config["queue_size"], ema_momentum=config["ema_momentum"],
-                    symmetric=config["symmetric"], bn_splits=config["bn_splits"], **common)
-    return SimCLR(backbone.module, head_layers=config["head_layers"], **common)
+def _build_moco(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
+    return MoCo(backbone.module, queue_size=config["queue_size"], ema_momentum=config["ema_momentum"],
+                symmetric=config["symmetric"], bn_splits=config["bn_splits"], **_contrastive_args(config, backbone))
+
+
+def _build_simclr(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
+    return SimCLR(backbone.module, head_layers=config["head_layers"], **_contrastive_args(config, backbone))
+
+
+def _contrastive_args(config: dict, backbone: Backbone) -> dict:
+    return dict(feature_dim=backbone.num_features, dim=config["proj_dim"], hidden=config["proj_hidden"],
+                temperature=config["temperature"])
+
+
+def _builders() -> dict:
+    """method -> build(config, backbone, source). Each method module owns its heads and loss and may
+    define, besides forward/after_backward/trainable_module/set_runner: `views` (1 or 2 views per image),
+    `uses_indices` (forward gets the batch's dataset indices), `begin_step(step, lr)` and
+    `make_batches(...)` (its own step -> images mapping, e.g. PIC's sliding window)."""
+    from . import pic
+
+    return {"moco": _build_moco, "simclr": _build_simclr, "pic": pic.build}
+
+
+def build_method(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
+    return _builders()[config["method"]](config, backbone, source)
 
 
 def prepare(config: dict) -> Setup:
@@ -86,7 +105,7 @@ def prepare(config: dict) -> Setup:
     backbone = base or build_backbone(config["arch"], spec.channels)
     if base and backbone.arch != config["arch"]:
         config["arch"] = backbone.arch  # the base decides the architecture
-    method = build_method(config, backbone)
+    method = build_method(config, backbone, source)
     if base:
         method.reset_key_encoder()  # HPT: key encoder starts as a copy of the loaded query encoder
     if config["trainable"] == "bn":
@@ -209,13 +228,15 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
                                 config["weight_decay"], config["exclude_bn_bias"])
     peak_lr = scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"], config["lr_reference_batch"])
     on_device = config["augment_device"] is True or (config["augment_device"] == "auto" and device.type == "cuda")
+    views = getattr(method, "views", 2)
+    make_batches = getattr(method, "make_batches", StepBatches)
     if on_device:  # the loader only decodes + resizes; the random ops run batched on the device
         augment = BatchedViews(setup.spec, config["augment"])
-        batches = StepBatches(setup.source, raw_transform(setup.spec), config["batch_size"], config["seed"], rank,
-                              world, views=1)
+        batches = make_batches(setup.source, raw_transform(setup.spec), config["batch_size"], config["seed"], rank,
+                               world, views=1)
     else:
-        batches = StepBatches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
-                              config["seed"], rank, world)
+        batches = make_batches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
+                               config["seed"], rank, world, views=views)
     monitor = _knn_monitor(config, setup) if config["knn_every"] else None
     resume = _open_run_dir(run_dir, config)
     if world > 1:  # every rank inspects the run dir before rank 0 writes to it (else a rank may see half of it)
@@ -255,17 +276,23 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     path = last_good
     with _SigtermFlag() as sigterm:
-        for step, (view1, view2, _) in zip(range(start, total), loader):
-            set_lr(optimizer, cosine_lr(step, total, peak_lr, config["warmup_steps"]))
+        for step, (view1, view2, indices) in zip(range(start, total), loader):
+            lr = cosine_lr(step, total, peak_lr, config["warmup_steps"])
+            set_lr(optimizer, lr)
+            if hasattr(method, "begin_step"):
+                method.begin_step(step, lr)
             view1 = view1.to(device, non_blocking=True)
             if on_device:  # seeded by (seed, step, rank): a resumed run draws the same views
                 generator = torch.Generator(device).manual_seed(
                     ((config["seed"] * 1_000_003 + step) * 65_537 + rank) % (1 << 63))
-                view1, view2 = augment(view1, generator), augment(view1, generator)
+                raw = view1
+                view1 = augment(raw, generator)
+                view2 = augment(raw, generator) if views == 2 else None
             else:
-                view2 = view2.to(device, non_blocking=True)
+                view2 = view2.to(device, non_blocking=True) if views == 2 else None
             with _autocast(device, config):
-                loss = method(view1, view2)
+                loss = method(view1, view2, indices) if getattr(method, "uses_indices", False) else \
+                    method(view1, view2)
             value = float(loss.detach())
             flags = _all_ranks_flags(not math.isfinite(value), sigterm.requested)
             if flags[0]:

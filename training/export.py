@@ -14,7 +14,10 @@ from . import runfiles
 from .runfiles import atomic_write_bytes
 
 HEADS_FILE = "heads.safetensors"
-_PREFIX = {"moco": ("query.backbone.", "query.head."), "simclr": ("encoder.backbone.", "encoder.head.")}
+_PREFIX = {"moco": ("query.backbone.", "query.head."), "simclr": ("encoder.backbone.", "encoder.head."),
+           "pic": ("encoder.backbone.", "encoder.head.")}
+# method -> zoo strategy (zoo.names.STRATEGIES) when the name is not the method's own
+_STRATEGY = {"supervised": "sup"}
 
 
 def _pick_checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -31,9 +34,9 @@ def _pick_checkpoint(run_dir: Path, step: int | None) -> Path:
 
 
 def strategy_of(config: dict) -> str:
-    if config.get("init"):
+    if config.get("init") and config["method"] == "moco":  # HPT is MoCo continued from a base
         return "hptbn" if config.get("trainable") == "bn" else "hpt"
-    return config["method"]
+    return _STRATEGY.get(config["method"], config["method"])
 
 
 def _sha_of(state: dict) -> str:
