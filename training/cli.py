@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="evaluation protocols on a checkpoint")
     ev.add_argument("model", help="exported folder, zoo name, or random:<arch> for a random-init baseline")
-    ev.add_argument("--protocol", choices=("knn", "linear", "semi"), required=True)
+    ev.add_argument("--protocol", choices=("knn", "linear", "semi", "finetune"), required=True,
+                    help="finetune: all training labels, the study's 2,500-iteration schedule")
     ev.add_argument("--data", required=True)
     ev.add_argument("--domain")
     ev.add_argument("--train-images", type=int, help="subsample the training split (CPU budgets)")
@@ -80,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--device")
     h.add_argument("--set", type=lambda item: dict([item.split("=", 1)]), action="append", metavar="KEY=VALUE")
     h.add_argument("--write-matrix", metavar="FOLDER", help="write the study's 67 recipes to FOLDER and stop")
+    p = commands.add_parser("prepare", help="an official dataset download -> a prepared dataset (Arrow + manifest)")
+    p.add_argument("domain", help="one of the 16 HPT targets (see the README's domain table)")
+    p.add_argument("download", help="the folder holding the extracted official download")
+    p.add_argument("--out", help="where the prepared dataset goes (default: $ZOO_DATA/<domain>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits the study did not publish")
+    p.add_argument("--on-bad", choices=("skip", "fail"), default="skip", help="undecodable images: skip and report, or stop")
+    p.add_argument("--workers", type=int, default=1, help="processes decoding images for the check")
+    p.add_argument("--force", action="store_true", help="replace an earlier prepared dataset at --out")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="chexpert: uncertain=zeros|ones; xview: chip=512")
     return parser
 
 
@@ -95,8 +105,9 @@ def main(argv=None) -> int:
     from .engine import NonFiniteLossError, Preempted, PREEMPTED_EXIT_CODE
     from .offline_sets import DataNotFoundError
     try:
-        return {"pretrain": _pretrain, "export": _export, "evaluate": _evaluate, "hpt": _hpt}[args.command](args)
-    except (ConfigError, DataNotFoundError, ZooError, FileNotFoundError, ValueError) as error:
+        return {"pretrain": _pretrain, "export": _export, "evaluate": _evaluate, "hpt": _hpt,
+                "prepare": _prepare}[args.command](args)
+    except (ConfigError, DataNotFoundError, ZooError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
@@ -129,6 +140,12 @@ def _hpt(args) -> int:
     if not args.write_matrix and not args.out:
         raise ValueError("--out is required (where the zoo checkpoint is written)")
     return hpt_main(args)
+
+
+def _prepare(args) -> int:
+    from .prepare import main as prepare_main
+
+    return prepare_main(args)
 
 
 def _export(args) -> int:

@@ -1,6 +1,9 @@
 """Image sources, all as Hugging Face `datasets.Dataset`s with an image column and (maybe) labels.
 
 A source spec is one of:
+- a prepared folder (``python -m training prepare DOMAIN DOWNLOAD``, training.prepare): Arrow splits
+  memory-mapped, each image's encoded bytes sliced without a copy and decoded by torchvision; its
+  manifest names the domain, and the registry (zoo.domains) must agree with it;
 - an offline real set by domain name (``fashion_mnist``, ``animals``, ``digits``): read from what
   registry packages install (training.offline_sets) and wrapped in a Dataset built from Arrow
   arrays (fast: no PNG round trip);
@@ -44,6 +47,8 @@ class ImageSet:
     num_classes: int | None
     multi_label: bool = False
     _array: np.ndarray | None = None  # [N, H, W, C] uint8 when cached
+    _reader: object | None = None  # callable index -> uint8 [C, H, W] (prepared sets)
+    manifest: dict | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -56,6 +61,8 @@ class ImageSet:
         """uint8 [C, H, W]."""
         if self._array is not None:
             return torch.from_numpy(self._array[index]).permute(2, 0, 1)
+        if self._reader is not None:
+            return self._reader(int(index))
         return to_chw(self.dataset[int(index)][self.image_column])
 
     def labels(self) -> np.ndarray:
@@ -70,8 +77,13 @@ class ImageSet:
         return np.asarray(values, dtype=np.int64)
 
     def describe(self) -> dict:
-        return {"source": self.spec, "split": self.split, "images": len(self),
-                "domain": self.domain.name if self.domain else None}
+        described = {"source": self.spec, "split": self.split, "images": len(self),
+                     "domain": self.domain.name if self.domain else None}
+        if self.manifest:  # what exactly was trained on: the prepared split's content hash and preparer
+            split = self.manifest["splits"].get(self.split, {})
+            described.update(prepared_sha256=split.get("sha256"), preparer_version=self.manifest["preparer_version"],
+                             label_names=self.manifest["label_names"])
+        return described
 
 
 def to_chw(image) -> torch.Tensor:
@@ -126,13 +138,94 @@ def _find_columns(dataset) -> tuple[str, str | None, int | None, bool]:
 
 
 def _how_to_point(spec: str) -> str:
-    return (f"--data takes an offline set ({', '.join(LOADERS)}), an image folder "
+    return (f"--data takes a prepared folder (python -m training prepare DOMAIN DOWNLOAD --out DIR), "
+            f"an offline set ({', '.join(LOADERS)}), an image folder "
             f"(<dir>/<split>/<class>/<image>), or hf:<dataset id>[@<revision>] for a Hub dataset; "
             f"{spec!r} is none of these")
 
 
+class EncodedColumn:
+    """Index -> uint8 [C, H, W] straight from a memory-mapped Arrow column of encoded images: the bytes
+    are a zero-copy slice of the mapped file, decoded by torchvision (libjpeg-turbo / libpng)."""
+
+    def __init__(self, dataset, column: str = "image", mode: str = "RGB"):
+        import pyarrow as pa
+
+        self.gray = mode == "L"
+
+        self.chunks, self.starts = [], [0]
+        for chunk in dataset.data.table.column(column).chunks:
+            binary = chunk.field("bytes") if isinstance(chunk, pa.StructArray) else chunk
+            if binary.null_count:
+                raise ValueError(f"{column}: rows without image bytes")
+            offsets_buffer, data_buffer = binary.buffers()[1:3]
+            wide = pa.types.is_large_binary(binary.type)
+            offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)
+            offsets = offsets[binary.offset:binary.offset + len(binary) + 1]
+            self.chunks.append((offsets, np.frombuffer(data_buffer, dtype=np.uint8)))
+            self.starts.append(self.starts[-1] + len(binary))
+
+    def encoded(self, index: int) -> np.ndarray:
+        chunk = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offsets, data = self.chunks[chunk]
+        local = index - self.starts[chunk]
+        return data[offsets[local]:offsets[local + 1]]
+
+    def __call__(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        encoded = torch.from_numpy(self.encoded(index).copy())  # decode_image wants a writable tensor
+        try:
+            return decode_image(encoded, mode=ImageReadMode.GRAY if self.gray else ImageReadMode.RGB)
+        except RuntimeError:  # a format torchvision does not decode: PIL
+            import io
+
+            from PIL import Image
+            with Image.open(io.BytesIO(encoded.numpy().tobytes())) as image:
+                return to_chw(image.convert("L" if self.gray else "RGB"))
+
+
+def open_prepared(folder: Path, split: str, domain: str | None = None) -> ImageSet:
+    """A `python -m training prepare` output; refuses one the registry disagrees with."""
+    from datasets import Dataset
+
+    from .prepare.core import read_manifest
+
+    manifest = read_manifest(folder)
+    name = manifest["domain"]
+    if domain and resolve_domain_name(domain) != name:
+        raise ValueError(f"{folder} holds prepared {name!r} data, not {domain!r}; pass the matching --domain "
+                         f"or the folder prepared for {domain!r}")
+    info = get_domain(name)
+    task = manifest["task"]
+    if manifest["num_classes"] != info.num_classes or task != info.task:
+        raise ValueError(f"{folder}: prepared data has {manifest['num_classes']} {task} classes but the registry "
+                         f"(zoo/domains.py) says {info.num_classes} {info.task} for {name!r}; re-run "
+                         f"python -m training prepare {name} <download> --out {folder} --force")
+    names = _split_names(split)
+    found = next((n for n in names if (folder / n / "data-00000-of-00001.arrow").is_file()), None)
+    if found is None:
+        raise DataNotFoundError(f"{folder} has no {split!r} split (found: {', '.join(manifest['splits'])})")
+    dataset = Dataset.from_file(str(folder / found / "data-00000-of-00001.arrow"))
+    expected = manifest["splits"][found]["images"]
+    if len(dataset) != expected:
+        raise DataNotFoundError(f"{folder / found}: {len(dataset)} rows but the manifest says {expected}; "
+                                f"the folder was changed after prepare, re-run it with --force")
+    images = ImageSet(dataset, str(folder), found, info, "image", manifest["label_column"], info.num_classes,
+                      multi_label=task == "multi-label", manifest=manifest)
+    images._reader = EncodedColumn(dataset, mode=manifest.get("image_mode", "RGB"))
+    return images
+
+
 def open_source(spec: str, split: str = "train", domain: str | None = None, cache: bool = True) -> ImageSet:
     """Open a source for a split ('train', 'val'/'validation', 'test')."""
+    from .prepare.core import MANIFEST
+
+    if _looks_like_path(spec) and (Path(spec).expanduser() / MANIFEST).is_file():
+        images = open_prepared(Path(spec).expanduser(), split, domain)
+        if cache:
+            _maybe_cache(images)
+        return images
     offline = resolve_domain_name(spec) if not os.sep in spec else None
     if offline in LOADERS:
         dataset, array = _offline_dataset(offline, split)

@@ -1,12 +1,20 @@
 """Evaluation protocols; each returns a JSON-ready record (protocol, data, split, metric, value, command).
 
-- kNN monitor (k=200, t=0.1): cosine similarity on frozen features, votes weighted exp(sim/t).
+- kNN monitor (k=200, t=0.1): cosine similarity on frozen features, votes weighted exp(sim/t). Multi-label:
+  each label's score is the weighted fraction of the k neighbours that carry it (a similarity-weighted
+  kNN label posterior), scored by mean AUROC like the other protocols.
 - Linear separability as in the HPT study: frozen backbone in eval mode, features cached once;
   a linear classifier trained with SGD (momentum 0.9, wd 0) for each lr of a grid, lr x0.1 at
   1/3 and 2/3 of the iterations, validation every `val_every` iterations; the test score at the
   best validation point is reported (top-1, or mean AUROC for multi-label tasks).
-- Semi-supervised: `labels` images (every class at least once), the whole model fine-tuned with
-  the head lr x100, wd 0, step schedule; lr chosen on validation, test reported.
+- Semi-supervised: `labels` images (every class -- or, multi-label, every label -- at least once where the
+  training split has it), the whole model fine-tuned with the head lr x100, wd 0, lr x0.1 at 1/3 and 2/3
+  of 2,500 iterations (cross-entropy, or BCE for multi-label); validated every `val_every` iterations,
+  test reported at the best validation point; lr chosen on validation. `labels=None` is the study's
+  full fine-tune protocol (all training labels, same schedule).
+- Mean AUROC as the study computed it (OpenSelfSup's auroc(): sklearn's roc_auc_score per label, a label
+  with one class in the split scores 0 and still counts in the mean). Records also carry the mean over
+  defined labels only and how many labels were undefined, so a small split cannot mislead.
 """
 from __future__ import annotations
 
@@ -35,30 +43,51 @@ def record(protocol: str, data: str, split: str, metric: str, value: float, **ex
 
 
 # ---------------------------------------------------------------- kNN
-def knn_predict(train_features, train_labels, test_features, num_classes: int, k: int = 200, t: float = 0.1,
-                chunk: int = 1024) -> torch.Tensor:
+def knn_scores(train_features, train_labels, test_features, num_classes: int, k: int = 200, t: float = 0.1,
+               chunk: int = 1024) -> torch.Tensor:
+    """Per-class scores: similarity-weighted votes (weights exp(sim/t)) of the k nearest training images,
+    normalised by the total weight. train_labels: int64 [N] (single-label) or 0/1 float [N, C] (multi-label:
+    a label's score is the weighted fraction of neighbours carrying it)."""
     train_features = F.normalize(train_features, dim=1)
     test_features = F.normalize(test_features, dim=1)
     k = min(k, train_features.shape[0])
-    predictions = []
+    out = []
     for start in range(0, test_features.shape[0], chunk):
         similarity = test_features[start:start + chunk] @ train_features.t()
         weights, neighbours = similarity.topk(k, dim=1)
-        votes = torch.zeros(similarity.shape[0], num_classes)
-        votes.scatter_add_(1, train_labels[neighbours], (weights / t).exp())
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
+        weights = ((weights - weights[:, :1]) / t).exp()  # shifted by the row max: same ratios, no overflow
+        if train_labels.dim() == 2:
+            votes = torch.einsum("qk,qkc->qc", weights, train_labels[neighbours].float())
+        else:
+            votes = torch.zeros(similarity.shape[0], num_classes)
+            votes.scatter_add_(1, train_labels[neighbours], weights)
+        out.append(votes / weights.sum(1, keepdim=True))
+    return torch.cat(out)
 
 
-def knn_accuracy(backbone, train: ImageSet, test: ImageSet, spec: InputSpec, k: int = 200, t: float = 0.1,
-                 train_images: int | None = None, test_images: int | None = None, device="cpu") -> float:
+def knn_predict(train_features, train_labels, test_features, num_classes: int, k: int = 200, t: float = 0.1,
+                chunk: int = 1024) -> torch.Tensor:
+    return knn_scores(train_features, train_labels, test_features, num_classes, k, t, chunk).argmax(dim=1)
+
+
+def knn_evaluate(backbone, train: ImageSet, test: ImageSet, spec: InputSpec, k: int = 200, t: float = 0.1,
+                 train_images: int | None = None, test_images: int | None = None, device="cpu") -> dict:
+    """kNN with the data's metric: {"metric": top1 | mean_auroc, "value": ..., plus AUROC details}."""
     train_index, test_index = subset(train_images, len(train)), subset(test_images, len(test), seed=1)
     train_labels = torch.from_numpy(train.labels()[train_index])
     test_labels = torch.from_numpy(test.labels()[test_index])
     features = extract(backbone, train, spec, train_index, device=device)
-    predicted = knn_predict(features, train_labels, extract(backbone, test, spec, test_index, device=device),
-                            train.num_classes, k, t)
-    return float((predicted == test_labels).float().mean())
+    scores = knn_scores(features, train_labels, extract(backbone, test, spec, test_index, device=device),
+                        train.num_classes, k, t)
+    if train.multi_label:
+        return {"metric": "mean_auroc", **auroc_summary(scores, test_labels)}
+    return {"metric": "top1", "value": float((scores.argmax(1) == test_labels).float().mean())}
+
+
+def knn_accuracy(backbone, train: ImageSet, test: ImageSet, spec: InputSpec, k: int = 200, t: float = 0.1,
+                 train_images: int | None = None, test_images: int | None = None, device="cpu") -> float:
+    """The kNN score (top-1, or mean AUROC for multi-label data) as one number."""
+    return knn_evaluate(backbone, train, test, spec, k, t, train_images, test_images, device)["value"]
 
 
 # ---------------------------------------------------------------- metrics
@@ -66,14 +95,19 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
 
-def mean_auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean over labels of the ROC AUC (Mann-Whitney U with tied ranks averaged); labels with a single
-    class present are skipped."""
+def mean_auroc(scores: torch.Tensor, targets: torch.Tensor, one_class: str = "skip") -> float:
+    """Mean over labels of the ROC AUC (Mann-Whitney U with tied ranks averaged). A label with a single
+    class present: one_class="skip" leaves it out; "study" scores it 0 and keeps it in the mean, as the HPT
+    study's evaluation did (OpenSelfSup auroc(): roc_auc_score raises, the entry stays 0)."""
+    if one_class not in ("skip", "study"):
+        raise ValueError(f"one_class must be 'skip' or 'study', not {one_class!r}")
     values = []
     for column in range(targets.shape[1]):
         y, s = targets[:, column].numpy() > 0.5, scores[:, column].double().numpy()
         positives, negatives = y.sum(), (~y).sum()
         if positives == 0 or negatives == 0:
+            if one_class == "study":
+                values.append(0.0)
             continue
         order = np.argsort(s, kind="mergesort")
         ranks = np.empty(len(s))
@@ -86,9 +120,18 @@ def mean_auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def auroc_summary(scores: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The study's mean AUROC as `value`, with the defined-labels-only mean and the undefined count."""
+    targets = targets.float()
+    undefined = int(((targets > 0.5).all(0) | (targets <= 0.5).all(0)).sum())
+    return {"value": mean_auroc(scores, targets, one_class="study"),
+            "mean_auroc_defined_labels": mean_auroc(scores, targets, one_class="skip"),
+            "one_class_labels": undefined, "one_class_rule": "scored 0 and averaged in (the HPT study's rule)"}
+
+
 def score(logits, labels, multi_label: bool) -> float:
     if multi_label:
-        return mean_auroc(torch.sigmoid(logits.float()), labels)
+        return mean_auroc(torch.sigmoid(logits.float()), labels, one_class="study")
     if not torch.isfinite(logits).all():
         return 0.0
     return top1(logits, labels)
@@ -121,11 +164,14 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes: in
                     val = score(classifier(val_x), val_y, multi_label)
                 if val > best["val"]:
                     with torch.no_grad():
-                        best.update(val=val, test=score(classifier(test_x), test_y, multi_label), iteration=iteration)
+                        logits = classifier(test_x)
+                    best.update(val=val, test=score(logits, test_y, multi_label), iteration=iteration)
+                    if multi_label:
+                        best["test_auroc"] = auroc_summary(torch.sigmoid(logits.float()), test_y)
         results.append(best)
     chosen = max(results, key=lambda r: r["val"])
     return {"value": chosen["test"], "val": chosen["val"], "lr": chosen["lr"], "iteration": chosen["iteration"],
-            "grid": results}
+            "grid": results, **({"test_auroc": chosen["test_auroc"]} if "test_auroc" in chosen else {})}
 
 
 def linear_eval(backbone, train: ImageSet, val: ImageSet, test: ImageSet, spec: InputSpec, data: str,
@@ -141,35 +187,59 @@ def linear_eval(backbone, train: ImageSet, val: ImageSet, test: ImageSet, spec: 
     to_y = (lambda s, i: torch.from_numpy(s.labels()[i]))
     result = linear_probe(train_x, to_y(train, index), val_x, to_y(val, val_index), test_x, to_y(test, test_index),
                           train.num_classes, multi, **probe)
-    return record("linear", data, "test", "mean_auroc" if multi else "top1", result["value"],
+    extra = {}
+    if multi:  # re-score the chosen classifier's test logits for the AUROC details
+        extra = {k: v for k, v in result.get("test_auroc", {}).items() if k != "value"}
+    return record("linear", data, "test", "mean_auroc" if multi else "top1", result["value"], **extra,
                   val_score=result["val"], lr=result["lr"], iteration=result["iteration"],
                   train_images=len(index), test_images=len(test_index), grid=[{k: r[k] for k in ("lr", "val", "test")} for r in result["grid"]])
 
 
 # ---------------------------------------------------------------- semi-supervised fine-tuning
 def labelled_subset(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """`count` random indices with every class present at least once (one per class first)."""
+    """`count` random indices with every class present at least once (one per class first). Multi-label
+    ([N, C] 0/1): every label that occurs in the split is covered first (rarest label first, one random
+    image carrying it unless an earlier pick already does), then the rest drawn at random."""
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    if count < len(classes):
-        raise ValueError(f"{count} labels cannot cover {len(classes)} classes")
-    chosen = [rng.choice(np.flatnonzero(labels == c)) for c in classes]
+    if count >= len(labels):
+        return np.arange(len(labels))
+    if labels.ndim == 2:
+        positive = labels > 0.5
+        chosen: list[int] = []
+        covered = np.zeros(labels.shape[1], dtype=bool)
+        for column in np.argsort(positive.sum(0), kind="stable"):
+            carriers = np.flatnonzero(positive[:, column])
+            if covered[column] or len(carriers) == 0:
+                continue
+            pick = int(rng.choice(carriers))
+            chosen.append(pick)
+            covered |= positive[pick]
+        chosen = chosen[:count]  # fewer images than labels present: the rarest labels are covered first
+    else:
+        classes = np.unique(labels)
+        if count < len(classes):
+            raise ValueError(f"{count} labels cannot cover {len(classes)} classes")
+        chosen = [int(rng.choice(np.flatnonzero(labels == c))) for c in classes]
     rest = np.setdiff1d(np.arange(len(labels)), chosen)
-    chosen += list(rng.choice(rest, size=count - len(classes), replace=False))
+    chosen += list(rng.choice(rest, size=count - len(chosen), replace=False))
     return np.sort(np.asarray(chosen))
 
 
 def finetune_eval(make_backbone, num_features: int, train: ImageSet, val: ImageSet, test: ImageSet,
-                  spec: InputSpec, data: str, labels: int = 1000, lrs=(0.01, 0.001), iterations: int = 2500,
+                  spec: InputSpec, data: str, labels: int | None = 1000, lrs=(0.01, 0.001), iterations: int = 2500,
                   batch_size: int = 512, head_lr_scale: float = 100.0, eval_images: int | None = None,
-                  seed: int = 0, device="cpu") -> dict:
-    """Fine-tune the whole model on `labels` labelled images per lr; pick the lr on validation."""
-    if train.multi_label:
-        raise NotImplementedError("semi-supervised protocol implemented for single-label tasks")
-    chosen = labelled_subset(train.labels(), labels, seed)
-    all_labels = torch.from_numpy(train.labels())
+                  seed: int = 0, device="cpu", val_every: int = 100) -> dict:
+    """Fine-tune the whole model per lr on `labels` labelled images (None: every training image, the
+    study's full fine-tune); validate every `val_every` iterations, report the test score at the best
+    validation point of the lr with the best validation score."""
+    multi = train.multi_label
+    all_labels = train.labels()
+    chosen = labelled_subset(all_labels, labels, seed) if labels else np.arange(len(train))
+    all_labels = torch.from_numpy(all_labels)
+    loss_fn = F.binary_cross_entropy_with_logits if multi else F.cross_entropy
     augment = view_transform(spec, "crop_flip")
     val_index, test_index = subset(eval_images, len(val), 2), subset(eval_images, len(test), 3)
+    val_y, test_y = torch.from_numpy(val.labels()[val_index]), torch.from_numpy(test.labels()[test_index])
     results = []
     for lr in lrs:
         torch.manual_seed(seed)
@@ -181,19 +251,29 @@ def finetune_eval(make_backbone, num_features: int, train: ImageSet, val: ImageS
         milestones = [round(iterations / 3), round(2 * iterations / 3)]  # the study's 833 / 1667 of 2500
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
         generator = torch.Generator().manual_seed(seed)
-        for _ in range(iterations):
+        model = torch.nn.Sequential(backbone, head)
+        best = {"lr": lr, "val": -math.inf, "test": None, "iteration": 0}
+        for iteration in range(1, iterations + 1):
             batch = chosen[torch.randint(0, len(chosen), (min(batch_size, len(chosen)),), generator=generator).numpy()]
             images = torch.stack([augment(train.image(int(i))) for i in batch]).to(device)
-            loss = F.cross_entropy(head(backbone(images)), all_labels[batch].to(device))
+            loss = loss_fn(head(backbone(images)), all_labels[batch].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-        model = torch.nn.Sequential(backbone, head)
-        val_logits = extract(model, val, spec, val_index, device=device)
-        test_logits = extract(model, test, spec, test_index, device=device)
-        results.append({"lr": lr, "val": score(val_logits, torch.from_numpy(val.labels()[val_index]), False),
-                        "test": score(test_logits, torch.from_numpy(test.labels()[test_index]), False)})
-    best = max(results, key=lambda r: r["val"])
-    return record("semi_supervised", data, "test", "top1", best["test"], labels=labels, lr=best["lr"],
-                  val_score=best["val"], iterations=iterations, batch_size=batch_size, grid=results)
+            if iteration % val_every == 0 or iteration == iterations:
+                val_score = score(extract(model, val, spec, val_index, device=device), val_y, multi)
+                if val_score > best["val"]:
+                    test_logits = extract(model, test, spec, test_index, device=device)
+                    best.update(val=val_score, test=score(test_logits, test_y, multi), iteration=iteration)
+                    if multi:
+                        best["auroc"] = auroc_summary(torch.sigmoid(test_logits.float()), test_y)
+                model.train()
+        results.append(best)
+    chosen_lr = max(results, key=lambda r: r["val"])
+    details = {k: v for k, v in chosen_lr.get("auroc", {}).items() if k != "value"}
+    protocol = "semi_supervised" if labels else "finetune"
+    return record(protocol, data, "test", "mean_auroc" if multi else "top1", chosen_lr["test"], **details,
+                  labels=int(len(chosen)), lr=chosen_lr["lr"], val_score=chosen_lr["val"],
+                  iteration=chosen_lr["iteration"], iterations=iterations, batch_size=batch_size,
+                  grid=[{k: r[k] for k in ("lr", "val", "test", "iteration")} for r in results])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .data import open_source
-from .evaluate import finetune_eval, knn_accuracy, linear_eval, record
+from .evaluate import finetune_eval, knn_evaluate, linear_eval, record
 from .views import InputSpec, input_spec
 
 
@@ -42,17 +42,27 @@ def _run(args) -> dict:
     test = open_source(args.data, "test", args.domain)
     make, features, spec = load_subject(args.model, train.domain)
     data = train.domain.name if train.domain else args.data
+    _check_metric(train)
     if args.protocol == "knn":
-        value = knn_accuracy(make(), train, test, spec, train_images=args.train_images, test_images=args.eval_images)
-        return record("knn", data, "test", "top1", value, k=200, t=0.1, model=args.model)
+        result = knn_evaluate(make(), train, test, spec, train_images=args.train_images, test_images=args.eval_images)
+        return record("knn", data, "test", result.pop("metric"), result.pop("value"), **result, k=200, t=0.1,
+                      model=args.model)
     val = open_source(args.data, "val", args.domain)
-    if args.protocol == "linear":
-        probe = {k: v for k, v in {"iterations": args.iterations, "lrs": args.lrs,
-                                   "batch_size": args.batch_size}.items() if v}
-        return {**linear_eval(make(), train, val, test, spec, data, train_images=args.train_images,
-                              eval_images=args.eval_images, **probe),
-                "model": args.model}
     options = {k: v for k, v in {"iterations": args.iterations, "lrs": args.lrs,
                                  "batch_size": args.batch_size}.items() if v}
-    return {**finetune_eval(make, features, train, val, test, spec, data, labels=args.labels,
+    if args.protocol == "linear":
+        return {**linear_eval(make(), train, val, test, spec, data, train_images=args.train_images,
+                              eval_images=args.eval_images, **options),
+                "model": args.model}
+    labels = None if args.protocol == "finetune" else args.labels  # finetune: every training label
+    return {**finetune_eval(make, features, train, val, test, spec, data, labels=labels,
                             eval_images=args.eval_images, **options), "model": args.model}
+
+
+def _check_metric(train) -> None:
+    """The registry decides the metric; data whose label structure disagrees with it is refused."""
+    domain = train.domain
+    if domain is not None and train.label_column is not None and domain.group != "offline":
+        if (domain.task == "multi-label") != train.multi_label:
+            raise ValueError(f"{domain.name} is {domain.task} in the registry (metric {domain.metric}) but the data "
+                             f"at {train.spec} is {'multi' if train.multi_label else 'single'}-label")

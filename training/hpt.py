@@ -52,13 +52,10 @@ def data_spec(domain: str, data: str | None = None) -> str:
     if folder.is_dir() and any(folder.iterdir()):
         return str(folder)
     info = DOMAINS[name]
-    layout = (f"{folder}/{{train,val,test}}/<class>/<image>" if info.task == "single-label" else
-              f"a `datasets`-loadable folder at {folder} with an image column and a list-of-labels column "
-              f"({info.num_classes} labels)")
     raise DataNotFoundError(
-        f"no data for domain {name!r} ({info.title}). {info.obtain.rstrip('.')}. Put it at {folder} as {layout} "
-        f"(or set ZOO_DATA to the folder that holds {name}/), or pass --data {name}=<folder | hf:<dataset id>>. "
-        f"Terms: {info.terms}")
+        f"no data for domain {name!r} ({info.title}) at {folder}. {info.obtain.rstrip('.')} --out {folder} "
+        f"(or set ZOO_DATA to the folder that holds {name}/), or pass --data {name}=<prepared folder | image folder "
+        f"| hf:<dataset id>>. Terms: {info.terms}")
 
 
 def name_of(strategy: str, target: str, arch: str, source: str | None = None, steps: int | None = None) -> str:
@@ -259,6 +256,9 @@ def main(args) -> int:
         return 0
     if args.recipe:
         spec = yaml.safe_load(Path(args.recipe).read_text())
+        if args.base or args.arch:  # e.g. a small base for a quick run: the name follows the arch
+            spec.update({k: v for k, v in {"base": args.base, "arch": args.arch}.items() if v})
+            spec["name"] = name_of(spec["strategy"], spec["target"], spec["arch"], spec.get("source"))
     else:
         if not (args.strategy and args.target):
             raise ValueError("pass --recipe FILE, or --strategy and --target")
