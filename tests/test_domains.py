@@ -94,3 +94,14 @@ def test_registry_and_prepared_data_must_agree(tmp_path):
     (prepared / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="registry .* says 2 single-label"):
         open_source(str(prepared), "train")
+
+
+def test_registry_statistics_are_the_studys_and_match_the_conversion_presets():
+    from zoo.presets import HPT_NORMALIZATION
+
+    for name in HPT_TARGETS:
+        info = DOMAINS[name]
+        mean, std = HPT_NORMALIZATION[name]
+        widen = (lambda v: tuple(v) * 3 if len(v) == 1 else tuple(v))
+        assert widen(info.mean) == mean and widen(info.std) == std, name
+        assert info.stats_measured and "study" in info.stats_source
