@@ -57,7 +57,11 @@ def _load_overlay_dir(directory: Path, bn, num_classes, device, dtype) -> torch.
 
 def trunk_sha256(details: dict) -> str | None:
     """The sha256 of a checkpoint's trunk file, from `info(...)` (local folders and catalog entries alike)."""
-    return details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")
+    sha = details.get("trunk_sha256") or details.get("files", {}).get(WEIGHTS, {}).get("sha256")
+    if sha is None and details.get("kind") == "upstream":  # known once the publisher's file is converted
+        from . import upstream
+        sha = upstream.trunk_sha256(details["name"])
+    return sha
 
 
 def _trunk_sha(name) -> str | None:
@@ -134,6 +138,9 @@ def info(name: str | os.PathLike) -> dict:
                 "pretrained_cfg": config.get("pretrained_cfg", {}), "timm_arch": config["architecture"]}
     entry, implied_bn = resolve(str(name))
     details = {"name": entry.name, **entry.data}
+    if entry.data.get("kind") == "upstream":
+        from . import upstream
+        details.update(upstream.converted_details(entry))
     details["terms"] = data_terms(details)
     if implied_bn:
         details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name)

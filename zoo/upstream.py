@@ -213,6 +213,23 @@ def _import_locked(entry: Entry, path: Path, url: str | None) -> Path:
     return target
 
 
+def converted_details(entry: Entry) -> dict:
+    """What zoo.info adds once converted: the folder and its trunk's sha256 (nothing is fetched)."""
+    ready = cached(entry)
+    if not ready:
+        return {}
+    meta = read_json(ready / META)
+    return {"path": str(ready), "trunk_sha256": meta.get("trunk_sha256"), "weights": meta.get("weights", {}),
+            "lineage": meta.get("lineage", entry.data.get("lineage", []))}
+
+
+def trunk_sha256(name: str) -> str:
+    """The converted trunk's sha256, converting first if needed (overlays and lineage bind to it)."""
+    from .catalog import resolve
+
+    return read_json(ensure(resolve(name)[0]) / META)["trunk_sha256"]
+
+
 def load(entry: Entry, *, bn=None, revision=None, num_classes=0, device=None, dtype=None):
     """zoo.load for an upstream name: the cached conversion (made on first use)."""
     if bn:
