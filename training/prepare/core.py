@@ -4,7 +4,8 @@ On-disk format (one folder per domain), chosen for fast repeated epochs:
 
     <out>/manifest.json                   what was prepared from what (written last)
     <out>/<split>/data-00000-of-00001.arrow   Hugging Face `datasets` Arrow file (memory-mapped on read)
-    <out>/<split>/{dataset_info,state}.json   so `datasets.load_from_disk(out)` opens it too
+    <out>/dataset_dict.json, <out>/<split>/{dataset_info,state}.json   so `datasets.load_from_disk(out)`
+                                          opens it too
 
 Each row holds the image file's *original encoded bytes* (never re-encoded, except TIFF sources and
 chips cut from larger tiles, which are stored as lossless PNG), its label(s) and its source path.
@@ -295,6 +296,7 @@ def write_prepared(plan: Plan, domain, download: Path, out: Path, *, on_bad: str
                  "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in plan.metadata_files]},
             "notes": plan.notes, "options": options or {}, "seconds": round(time.time() - started, 1),
         }
+        (scratch / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(scratch, out)
     except BaseException:
