@@ -1,30 +1,38 @@
-"""A real, small-scale reproduction of the HPT study's central comparison, on 2 CPU cores.
+"""A real, small-scale reproduction of the HPT study's comparisons on a CPU, round 2: two kinds of
+base, log-scale ladders, three seeds per point.
 
-Base: torchvision's real supervised-ImageNet MobileNetV2, through the zoo (`sup-imagenet-mnv2`).
-Targets: Fashion-MNIST and the animal silhouettes (28 px gray, upsampled to 64 px and replicated
-to RGB: 64 px keeps a 2x2 final feature map in MobileNetV2, the smallest size at which ImageNet
-features are still spatial, and what a CPU budget affords; 96 px costs 2.25x more per image).
+Series (the study ran both kinds of base):
+- ``ssl``: a self-supervised base trained here: MoCo v2 from scratch on Fashion-MNIST (50k images,
+  the largest offline set, so it plays ImageNet's part), long enough for its kNN curve to flatten;
+  targets are the two other offline sets, the animal silhouettes (6.8k train) and scikit-learn's
+  digits (1.3k train: HPT's small-target case). Chain: Fashion -> animals -> digits.
+- ``sup``: torchvision's supervised ImageNet MobileNetV2 through the zoo (`sup-imagenet-mnv2`);
+  targets Fashion-MNIST and animals, chain ImageNet -> animals -> Fashion (round 1's setting).
 
-Strategies: random init; Base; Base with BN statistics recalibrated on the target (Base-BN);
-Target (MoCo v2 from scratch, a ladder of 250 / 750 steps from one run); HPT at 50 / 200 / 500
-steps (separate runs, each with its own cosine schedule); HPT-BN at 500 steps; one chain
-ImageNet -> animals (200) -> Fashion-MNIST (200). Evaluations: the HPT linear-separability protocol
-(frozen features, lr grid {0.3, 3, 30}, validation-selected, test top-1) and the 1000-label
-fine-tune (every class at least once). Protocol sizes are scaled down for the CPU and fixed in
-`PROTOCOL` below, the same for every strategy; they were not tuned to make any claim hold.
+All images are gray, upsampled to 64 px and replicated to RGB (64 px keeps a 2x2 final feature map
+in MobileNetV2). Each checkpoint is evaluated with the preprocessing it was trained with (its own
+mean/std; round 1 used the ImageNet base's for every strategy, which put Target below random:
+benchmarks/target_ablation.py). Strategies per target: random init, Base, Base-BN (BN statistics
+recalibrated), Target (MoCo v2 from scratch; one run per seed whose cosine schedule spans the top
+rung, exported at every rung), HPT (one run per rung, each with its own schedule), HPT-BN, one
+chain. Evaluations: the study's linear probe (frozen features, lr grid {0.3, 3, 30},
+validation-selected, test top-1) and the 1000-label fine-tune, with seeds 0, 1, 2 (training seed,
+probe and fine-tune seeds; the Base strategies vary by their evaluation seeds only).
 
-    python benchmarks/hpt_repro.py --target fashion_mnist &   # ~75 min each here, 1 thread each
-    python benchmarks/hpt_repro.py --target animals &
-    python benchmarks/hpt_repro.py --report                    # reads the JSON only
-    python benchmarks/hpt_repro.py --quick --target animals     # a few minutes: smoke check
+    python benchmarks/hpt_repro.py                 # everything, in priority order; resumable
+    python benchmarks/hpt_repro.py --series ssl --seeds 0     # a part
+    python benchmarks/hpt_repro.py --report        # tables + plot from the JSON only
+    python benchmarks/hpt_repro.py --quick --series ssl --targets digits   # minutes: a smoke check
 
-Results: benchmarks/results/hpt_repro.json (+ a PNG plot); finished entries are skipped on a
-rerun, so an interrupted run continues where it stopped.
+Work (runs, exported checkpoints) lives in benchmarks/_work/hpt2/ (ignored by git); results in
+benchmarks/results/hpt_repro.<series>.<target>.json. Every finished point is skipped on a rerun and
+every training run resumes from its last checkpoint, so the same command continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -32,41 +40,47 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-WORK = HERE / "_work" / "hpt"
-BASE = "sup-imagenet-mnv2"
-CHAIN_SOURCE = {"fashion_mnist": "animals"}  # the chain ImageNet -> animals -> Fashion-MNIST
+WORK = HERE / "_work" / "hpt2"
+SUP_BASE = "sup-imagenet-mnv2"
+SERIES = {
+    "ssl": {"targets": ("animals", "digits"), "chain": {"digits": "animals"}, "source": "fashion_mnist"},
+    "sup": {"targets": ("fashion_mnist", "animals"), "chain": {"fashion_mnist": "animals"}},
+}
+ORDER = ("random", "base", "base_bn", "target", "hpt", "hptbn", "chain")
 
 FULL = {
-    # Target's ladder stops at 750 steps: at ~15-25 img/s per core (measured) a 2000-step rung alone
-    # would take over an hour per target. 750 / 50 = 15x still tests the paper's ">= 10x fewer steps".
-    "resolution": 64, "batch_size": 32, "target_ladder": (250, 750), "hpt_steps": (50, 200, 500),
-    "hptbn_steps": 500, "chain_steps": 200,
+    "resolution": 64, "batch_size": 32, "seeds": (0, 1, 2),
+    # the self-supervised base: MoCo v2 on Fashion-MNIST from scratch, kNN monitored every 500 steps
+    "ssl_base_steps": 6000, "knn_every": 500,
+    "target_ladder": (100, 300, 1000, 3000), "hpt_ladder": (50, 150, 500, 1500, 5000),
+    "hptbn_steps": 500, "chain_steps": 500,
     "linear": {"train_images": 3000, "eval_images": 1000, "iterations": 1000, "lrs": (0.3, 3.0, 30.0)},
     # the study's fine-tune lr 0.01 (head x100) is for batch 512: scaled linearly to batch 32 (at 0.01 the
-    # head's lr of 1.0 diverged: the ImageNet base fell to chance in a first run)
+    # head's lr of 1.0 diverged in round 1)
     "semi": {"labels": 1000, "iterations": 150, "batch_size": 32, "lrs": (0.01 * 32 / 512,), "eval_images": 2000},
 }
 QUICK = {
-    "resolution": 48, "batch_size": 16, "target_ladder": (10, 20), "hpt_steps": (5, 10), "hptbn_steps": 10,
-    "chain_steps": 5,
-    "linear": {"train_images": 500, "eval_images": 200, "iterations": 200, "lrs": (3.0,)},
-    "semi": {"labels": 100, "iterations": 5, "batch_size": 16, "lrs": (0.01 * 16 / 512,), "eval_images": 200},
+    "resolution": 32, "batch_size": 16, "seeds": (0, 1), "ssl_base_steps": 20, "knn_every": 10,
+    "target_ladder": (5, 10), "hpt_ladder": (3, 6), "hptbn_steps": 4, "chain_steps": 3,
+    "linear": {"train_images": 300, "eval_images": 150, "iterations": 100, "lrs": (3.0,)},
+    "semi": {"labels": 100, "iterations": 3, "batch_size": 16, "lrs": (0.01 * 16 / 512,), "eval_images": 150},
 }
 
 
-def training_overrides(protocol: dict, steps: int, **extra) -> dict:
+def moco_overrides(protocol: dict, steps: int, seed: int, **extra) -> dict:
     """MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256
     scaled linearly, a 4096-key queue and key momentum 0.99 (0.999 barely moves the key encoder in
     a few hundred steps), split-BN in 8 groups against BN leakage on one device."""
     return {"steps": steps, "batch_size": protocol["batch_size"], "lr": 0.03, "lr_reference_batch": 256,
             "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2, "proj_hidden": 2048, "bn_splits": 8,
             "image_size": protocol["resolution"], "crop_pct": 1.0, "augment": "moco", "progress": False,
-            "checkpoint_every": min(steps, 250), "keep_checkpoints": 100, "seed": 0, "device": "cpu",
+            "checkpoint_every": min(steps, 250), "keep_checkpoints": 2, "seed": seed, "device": "cpu",
             "log_every": 25, **extra}
 
 
+# ------------------------------------------------------------------ results
 class Results:
-    """Append-only JSON list; an entry (strategy, steps, protocol, data) is computed once."""
+    """Append-only JSON list; an entry (strategy, steps, seed, protocol) is computed once."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -76,239 +90,332 @@ class Results:
         return any(all(row.get(k) == v for k, v in key.items()) for row in self.rows)
 
     def add(self, row: dict) -> None:
+        from training.runfiles import atomic_write_bytes
+
         self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.rows, indent=1))
-        os.replace(temporary, self.path)
-        print(f"  {row['data']:14s} {row['strategy']:8s} steps={row['steps']!s:5s} {row['protocol']:15s} "
-              f"{row['metric']} {row['value']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+        atomic_write_bytes(self.path, json.dumps(self.rows, indent=1).encode())
+        print(f"  {row['series']} {row['data']:14s} {row['strategy']:14s} steps={row['steps']!s:5s} seed={row['seed']} "
+              f"{row['protocol']:15s} {row['value']:.4f}  ({row['seconds']:.0f} s)", flush=True)
 
 
-def evaluate(results: Results, target: str, strategy: str, steps, make_model, protocol: dict, quick: bool,
-             semi: bool = True) -> None:
+def spec_for(checkpoint_cfg: dict | None, domain, protocol: dict):
+    """The preprocessing a checkpoint was trained with (its mean/std), at the protocol's resolution;
+    random init (no checkpoint) uses the domain's statistics, as Target's training does."""
+    from training.views import input_spec
+
+    return input_spec(domain, 3, protocol["resolution"], base_cfg=checkpoint_cfg, crop_pct=1.0)
+
+
+def evaluate(results: Results, series: str, target: str, strategy: str, steps: int, seed: int, make_model,
+             checkpoint_cfg: dict | None, protocol: dict, semi: bool = True) -> None:
     from training.data import open_source
     from training.evaluate import finetune_eval, linear_eval
-    from training.views import input_spec
-    import zoo
 
+    key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed)
+    todo = [p for p in ("linear", "semi_supervised") if (p == "linear" or semi) and not results.has(protocol=p, **key)]
+    if not todo:
+        return
     splits = {s: open_source(target, s, target) for s in ("train", "val", "test")}
-    spec = input_spec(splits["train"].domain, base_cfg=zoo.info(BASE)["pretrained_cfg"],
-                      image_size=protocol["resolution"], crop_pct=1.0)
-    key = dict(strategy=strategy, steps=steps, data=target)
-    if not results.has(protocol="linear", **key):
+    spec = spec_for(checkpoint_cfg, splits["train"].domain, protocol)
+    if "linear" in todo:
         start = time.time()
+        options = protocol["linear"]
         record = linear_eval(make_model(), splits["train"], splits["val"], splits["test"], spec, target,
-                             train_images=protocol["linear"]["train_images"],
-                             eval_images=protocol["linear"]["eval_images"], lrs=protocol["linear"]["lrs"],
-                             iterations=protocol["linear"]["iterations"])
-        results.add({**key, "protocol": "linear", "metric": record["metric"], "value": record["value"], "seed": 0,
-                     "lr": record["lr"], "val": record["val_score"], "seconds": time.time() - start})
-    if semi and not results.has(protocol="semi_supervised", **key):
+                             train_images=options["train_images"], eval_images=options["eval_images"],
+                             lrs=options["lrs"], iterations=options["iterations"], seed=seed)
+        results.add({**key, "protocol": "linear", "metric": record["metric"], "value": record["value"],
+                     "lr": record["lr"], "val": record["val_score"], "mean": list(spec.mean),
+                     "seconds": time.time() - start})
+    if "semi_supervised" in todo:
         start = time.time()
         options = protocol["semi"]
         record = finetune_eval(make_model, int(make_model().num_features), splits["train"], splits["val"],
                                splits["test"], spec, target, labels=options["labels"], lrs=options["lrs"],
                                iterations=options["iterations"], batch_size=options["batch_size"],
-                               eval_images=options["eval_images"])
-        results.add({**key, "protocol": "semi_supervised", "metric": "top1", "value": record["value"], "seed": 0,
+                               eval_images=options["eval_images"], seed=seed)
+        results.add({**key, "protocol": "semi_supervised", "metric": "top1", "value": record["value"],
                      "lr": record["lr"], "val": record["val_score"], "seconds": time.time() - start})
 
 
-def run_target(target: str, protocol: dict, quick: bool) -> None:
+# ------------------------------------------------------------------ training pieces
+def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, init: str | None, rungs, name_of_rung):
+    """One MoCo run whose schedule spans the top rung, exported (zoo format) at every rung."""
+    from training import config as configuration
+    from training.engine import pretrain
+    from training.export import export
+
+    exports = {steps: export_dir(steps) for steps in rungs}
+    if all((path / "zoo.json").exists() for path in exports.values()):
+        return exports
+    config = configuration.resolve(None, {**config_overrides, "data": data, "init": init, "arch": "mnv2",
+                                          "channels": 3})
+    pretrain(config, run_dir)
+    for steps, path in exports.items():
+        if not (path / "zoo.json").exists():
+            export(run_dir, path, step=steps, name=name_of_rung(steps))
+            if init:
+                from training.hpt import _lineage_through
+                _lineage_through(init, path)
+    from training import runfiles
+
+    for _, old in runfiles.list_checkpoints(run_dir)[:-1]:  # the rungs are exported; keep the last to extend
+        old.unlink(missing_ok=True)
+    return exports
+
+
+def ssl_base(protocol: dict, tag: str) -> Path:
+    """MoCo v2 from scratch on Fashion-MNIST: the self-supervised base (checkpointed every 250 steps,
+    resumable; kNN on the val split every `knn_every` steps)."""
+    from zoo.names import ModelName, format_name
+
+    steps = protocol["ssl_base_steps"]
+    work = WORK / tag / "ssl_base"
+    overrides = moco_overrides(protocol, steps, 0, knn_every=protocol["knn_every"], knn_train_images=2000,
+                               knn_test_images=1000, checkpoint_every=min(steps, 250), keep_checkpoints=2)
+    name = format_name(ModelName("moco", "fashion_mnist", "mnv2", steps=steps))
+    exports = ladder_run(work / "run", lambda s: work / f"moco-fashion_mnist-mnv2-{s}", overrides, "fashion_mnist",
+                         None, (steps,), lambda s: name)
+    return exports[steps]
+
+
+def base_knn_curve(tag: str) -> list:
+    from training import runfiles
+
+    run = WORK / tag / "ssl_base" / "run"
+    if not run.exists():
+        return []
+    return [(r["step"], r["knn_top1"]) for r in runfiles.read_metrics(run) if "knn_top1" in r]
+
+
+def run_point(series: str, target: str, seed: int, base: str, protocol: dict, tag: str) -> None:
+    """Every strategy for one (series, target, seed), cheapest first."""
     import torch
 
     import zoo
     from training import hpt
     from training.models import build_backbone
 
-    torch.set_num_threads(1)  # two targets run side by side, one core each (no OpenMP oversubscription)
-    tag = "quick" if quick else "full"
-    work = WORK / tag / target
-    results = Results(RESULTS / f"hpt_repro.{tag}.{target}.json")
-    print(f"[{target}] work in {work}", flush=True)
+    work = WORK / tag / series / target
+    results = Results(RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}{series}.{target}.json")
+    print(f"[{series} {target} seed {seed}] work in {work}", flush=True)
+    base_cfg = zoo.info(base)["pretrained_cfg"]
 
     def random_init():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         return build_backbone("mnv2", 3).module
 
-    evaluate(results, target, "random", 0, random_init, protocol, quick)
-    evaluate(results, target, "base", 0, lambda: zoo.load(BASE), protocol, quick)
-    base_bn = work / "base_bn"
+    evaluate(results, series, target, "random", 0, seed, random_init, None, protocol)
+    evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
+    base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
     if not (base_bn / "zoo.json").exists():
-        hpt.run(hpt.recipe("base", target, "mnv2", base=BASE), base_bn,
+        hpt.run(hpt.recipe("base", target, "mnv2", base=base), base_bn,
                 overrides={"image_size": protocol["resolution"], "crop_pct": 1.0})
-    evaluate(results, target, "base_bn", 0, lambda: zoo.load(base_bn), protocol, quick)
+    evaluate(results, series, target, "base_bn", 0, seed, lambda: zoo.load(base_bn), base_cfg, protocol)
 
-    def trained(strategy: str, steps: int, out: Path, **extra):
+    def trained(strategy: str, steps: int, out: Path, **extra) -> Path:
         if not (out / "zoo.json").exists():
-            spec = hpt.recipe(strategy, target, "mnv2", base=BASE, source=extra.pop("source", None))
-            hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=training_overrides(protocol, steps, **extra))
+            spec = hpt.recipe(strategy, target, "mnv2", base=base, source=extra.pop("source", None))
+            hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=moco_overrides(protocol, steps, seed, **extra))
         return out
 
-    for steps in protocol["hpt_steps"]:
-        out = trained("hpt", steps, work / f"hpt_{steps}")
-        evaluate(results, target, "hpt", steps, lambda: zoo.load(out), protocol, quick,
-                 semi=steps == protocol["hpt_steps"][-1])
-    # Target: one run, exported at each rung of the ladder (its cosine schedule spans the last rung)
-    ladder = protocol["target_ladder"]
-    run_dir = work / "target_run"
-    target_spec = hpt.recipe("target", target, "mnv2")
-    if not all((work / f"target_{s}" / "zoo.json").exists() for s in ladder):
-        from training import config as configuration
-        from training.engine import pretrain
-        from training.export import export
-
-        overrides = training_overrides(protocol, ladder[-1], checkpoint_every=_gcd(ladder))
-        config = configuration.resolve(None, {**target_spec["training"], **overrides, "data": target, "arch": "mnv2",
-                                              "channels": 3})
-        pretrain(config, run_dir)
-        for steps in ladder:
-            if not (work / f"target_{steps}" / "zoo.json").exists():
-                export(run_dir, work / f"target_{steps}", step=steps,
-                       name=hpt.name_of("target", target, "mnv2", steps=steps))
-    for steps in ladder:
-        evaluate(results, target, "target", steps, lambda: zoo.load(work / f"target_{steps}"), protocol, quick,
-                 semi=steps == ladder[-1])
-    out = trained("hptbn", protocol["hptbn_steps"], work / f"hptbn_{protocol['hptbn_steps']}",
+    for steps in protocol["hpt_ladder"]:
+        out = trained("hpt", steps, work / f"seed{seed}" / f"hpt_{steps}")
+        evaluate(results, series, target, "hpt", steps, seed, lambda: zoo.load(out), base_cfg, protocol)
+    out = trained("hptbn", protocol["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{protocol['hptbn_steps']}",
                   lr=0.1)  # the study's HPT-BN lr (0.1 at batch 256, scaled)
-    evaluate(results, target, "hptbn", protocol["hptbn_steps"], lambda: zoo.load(out), protocol, quick)
-    if target in CHAIN_SOURCE:
-        out = trained("hpt", protocol["chain_steps"], work / f"chain_{protocol['chain_steps']}",
-                      source=CHAIN_SOURCE[target])
-        evaluate(results, target, f"chain:{CHAIN_SOURCE[target]}", protocol["chain_steps"], lambda: zoo.load(out),
-                 protocol, quick)
-
-
-def _gcd(values) -> int:
-    import math
-
-    result = 0
-    for value in values:
-        result = math.gcd(result, value)
-    return result
+    evaluate(results, series, target, "hptbn", protocol["hptbn_steps"], seed, lambda: zoo.load(out), base_cfg,
+             protocol)
+    source = SERIES[series]["chain"].get(target)
+    if source:
+        out = trained("hpt", protocol["chain_steps"], work / f"seed{seed}" / f"chain_{protocol['chain_steps']}",
+                      source=source)
+        evaluate(results, series, target, f"chain:{source}", protocol["chain_steps"], seed, lambda: zoo.load(out),
+                 base_cfg, protocol)
+    ladder = protocol["target_ladder"]
+    seed_dir = work / f"seed{seed}"
+    exports = ladder_run(seed_dir / "target_run", lambda s: seed_dir / f"target_{s}",
+                         moco_overrides(protocol, ladder[-1], seed, checkpoint_every=math.gcd(*ladder),
+                                        keep_checkpoints=len(range(0, ladder[-1], math.gcd(*ladder)))), target, None,
+                         ladder, lambda s: hpt.name_of("target", target, "mnv2", steps=s))
+    for steps, path in exports.items():
+        evaluate(results, series, target, "target", steps, seed, lambda: zoo.load(path),
+                 zoo.info(path)["pretrained_cfg"], protocol)
 
 
 # ------------------------------------------------------------------ report (reads the JSON only)
 def load_rows(tag: str) -> list[dict]:
     rows = []
-    for path in sorted(RESULTS.glob(f"hpt_repro.{tag}.*.json")):
-        rows += json.loads(path.read_text())
+    prefix = "hpt_repro." if tag == "full" else f"hpt_repro.{tag}."
+    for series in SERIES:
+        for path in sorted(RESULTS.glob(f"{prefix}{series}.*.json")):
+            rows += json.loads(path.read_text())
     return rows
 
 
-def steps_to_match(rows: list[dict], data: str) -> tuple[float | None, dict]:
-    """Target's best linear accuracy and the step at which it is first reached; the fewest HPT steps
-    that match it. Returns (ratio target_steps / hpt_steps, details)."""
-    linear = [r for r in rows if r["data"] == data and r["protocol"] == "linear"]
-    target = sorted((r for r in linear if r["strategy"] == "target"), key=lambda r: r["steps"])
-    hpt_runs = sorted((r for r in linear if r["strategy"] == "hpt"), key=lambda r: r["steps"])
+def summarise(rows: list[dict]) -> dict:
+    """(series, data, strategy, steps, protocol) -> {"mean", "std", "n", "values"}."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["series"], row["data"], row["strategy"], row["steps"], row["protocol"]), []).append(
+            row["value"])
+    out = {}
+    for key, values in groups.items():
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+        out[key] = {"mean": mean, "std": std, "n": len(values), "values": values}
+    return out
+
+
+def steps_to_match(curves: dict, series: str, data: str) -> tuple[float | None, dict]:
+    """On the curves given ({(series, data, strategy, steps, "linear"): value}): Target's best and the step
+    where it is reached; the fewest HPT steps whose value matches it. Ratio = target steps / HPT steps."""
+    target = sorted((k[3], v) for k, v in curves.items() if k[:3] == (series, data, "target") and k[4] == "linear")
+    hpt_runs = sorted((k[3], v) for k, v in curves.items() if k[:3] == (series, data, "hpt") and k[4] == "linear")
     if not target or not hpt_runs:
         return None, {}
-    best = max(target, key=lambda r: r["value"])
-    matched = next((r for r in hpt_runs if r["value"] >= best["value"]), None)
-    details = {"target_best": best["value"], "target_steps": best["steps"],
-               "hpt_best": max(r["value"] for r in hpt_runs),
-               "hpt_steps_to_match": matched["steps"] if matched else None}
-    return (best["steps"] / matched["steps"]) if matched else None, details
+    best_steps, best = max(target, key=lambda item: item[1])
+    matched = next((steps for steps, value in hpt_runs if value >= best), None)
+    details = {"target_best": best, "target_steps": best_steps, "hpt_best": max(v for _, v in hpt_runs),
+               "hpt_steps_to_match": matched}
+    return (best_steps / matched if matched else None), details
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["data"] for r in rows})
-    figure, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    for axis, data in zip(axes[0], datasets):
-        linear = [r for r in rows if r["data"] == data and r["protocol"] == "linear"]
-        for strategy, style in (("target", "o-"), ("hpt", "s-"), ("hptbn", "^"), ("base", "--"),
-                                ("base_bn", ":"), ("random", "-.")):
-            points = sorted((r["steps"], r["value"]) for r in linear if r["strategy"] == strategy)
-            if not points:
-                continue
-            if strategy in ("base", "base_bn", "random"):
-                axis.axhline(points[0][1], linestyle=style, color={"base": "gray", "base_bn": "black",
-                                                                  "random": "red"}[strategy], label=strategy)
-            else:
-                axis.plot([max(s, 1) for s, _ in points], [v for _, v in points], style, label=strategy)
-        for row in linear:
-            if row["strategy"].startswith("chain:"):
-                axis.plot([row["steps"]], [row["value"]], "*", markersize=12, label=f"{row['strategy']} -> {data}")
+    panels = sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    colors = {"random": "red", "base": "gray", "base_bn": "black"}
+    for axis, (series, data) in zip(axes[0], panels):
+        linear = {k: v for k, v in summary.items() if k[:2] == (series, data) and k[4] == "linear"}
+        for strategy, style in (("target", "o-"), ("hpt", "s-"), ("hptbn", "^")):
+            points = sorted((k[3], v) for k, v in linear.items() if k[2] == strategy)
+            if points:
+                axis.errorbar([s for s, _ in points], [v["mean"] for _, v in points],
+                              yerr=[0 if math.isnan(v["std"]) else v["std"] for _, v in points], fmt=style,
+                              capsize=3, label=f"{strategy} (n={min(v['n'] for _, v in points)})")
+        for strategy, color in colors.items():
+            point = next((v for k, v in linear.items() if k[2] == strategy), None)
+            if point:
+                axis.axhline(point["mean"], color=color, linestyle="--" if strategy != "random" else "-.",
+                             label=f"{strategy} (n={point['n']})")
+                if not math.isnan(point["std"]):
+                    axis.axhspan(point["mean"] - point["std"], point["mean"] + point["std"], color=color, alpha=0.12)
+        for key, value in linear.items():
+            if key[2].startswith("chain:"):
+                axis.errorbar([key[3]], [value["mean"]], yerr=[0 if math.isnan(value["std"]) else value["std"]],
+                              fmt="*", markersize=12, capsize=3, label=f"chain via {key[2][6:]}")
         axis.set_xscale("log")
-        axis.set_xlabel("pretraining steps on the target (log)")
-        axis.set_ylabel("linear probe top-1 (test)")
-        axis.set_title(data)
-        axis.legend(fontsize=8)
+        axis.set_xlabel("MoCo steps on the target (log)")
+        axis.set_ylabel("linear probe top-1 (test), mean +- std")
+        axis.set_title(f"{data}, {'self-supervised' if series == 'ssl' else 'supervised ImageNet'} base")
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
 def report(tag: str) -> None:
     rows = load_rows(tag)
+    curve = base_knn_curve(tag)
+    if curve:
+        print("ssl base (MoCo v2, Fashion-MNIST) kNN on val: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve))
     if not rows:
-        print(f"no results yet in {RESULTS}/hpt_repro.{tag}.*.json")
+        print(f"no results yet in {RESULTS}/hpt_repro.*.json")
+        print("hpt steps-to-match speedup vs target: n/a (no results yet)")
         return
-    (RESULTS / ("hpt_repro.json" if tag == "full" else f"hpt_repro.{tag}.json")).write_text(json.dumps(rows, indent=1))
-    plot(rows, RESULTS / ("hpt_repro.png" if tag == "full" else f"hpt_repro.{tag}.png"))
-    ratios = []
-    for data in sorted({r["data"] for r in rows}):
-        print(f"\n{data}")
-        print(f"  {'strategy':16s} {'steps':>6s} {'linear':>8s} {'1000-label':>10s}")
-        keys = sorted({(r["strategy"], r["steps"]) for r in rows if r["data"] == data},
-                      key=lambda k: (["random", "base", "base_bn", "target", "hpt", "hptbn"].index(k[0])
-                                     if k[0] in ("random", "base", "base_bn", "target", "hpt", "hptbn") else 9, k[1]))
+    summary = summarise(rows)
+    name = "hpt_repro" if tag == "full" else f"hpt_repro.{tag}"
+    table = [{"series": k[0], "data": k[1], "strategy": k[2], "steps": k[3], "protocol": k[4], **v}
+             for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))]
+    (RESULTS / f"{name}.summary.json").write_text(json.dumps({"points": table, "ssl_base_knn": curve}, indent=1))
+    plot(summary, RESULTS / f"{name}.png")
+    ratios = {}
+    for series, data in sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1])):
+        print(f"\n{series} base, target {data}")
+        print(f"  {'strategy':16s} {'steps':>6s} {'linear (mean +- std, n)':>26s} {'1000-label':>24s}")
+        keys = sorted({k[2:4] for k in summary if k[:2] == (series, data)},
+                      key=lambda k: (ORDER.index(k[0].split(":")[0]), k[1]))
         for strategy, steps in keys:
-            values = {r["protocol"]: r["value"] for r in rows if r["data"] == data and r["strategy"] == strategy
-                      and r["steps"] == steps}
-            semi = f"{values['semi_supervised']:.4f}" if "semi_supervised" in values else "-"
-            linear = f"{values['linear']:.4f}" if "linear" in values else "-"
-            print(f"  {strategy:16s} {steps:>6d} {linear:>8s} {semi:>10s}")
-        ratio, details = steps_to_match(rows, data)
+            cells = []
+            for protocol in ("linear", "semi_supervised"):
+                point = summary.get((series, data, strategy, steps, protocol))
+                cells.append(f"{point['mean']:.4f} +- {point['std']:.4f} ({point['n']})" if point else "-")
+            print(f"  {strategy:16s} {steps:>6d} {cells[0]:>26s} {cells[1]:>24s}")
+        means = {k: v["mean"] for k, v in summary.items()}
+        ratio, details = steps_to_match(means, series, data)
         if details:
-            print(f"  Target best {details['target_best']:.4f} at {details['target_steps']} steps; HPT best "
-                  f"{details['hpt_best']:.4f}; HPT steps to match: {details['hpt_steps_to_match']}")
-        if ratio:
-            ratios.append(ratio)
-    if ratios:
-        print(f"hpt steps-to-match speedup vs target: {min(ratios):.1f}x")
+            seeds = sorted({r["seed"] for r in rows if r["series"] == series and r["data"] == data})
+            per_seed = []
+            for seed in seeds:
+                own = {(r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]): r["value"] for r in rows
+                       if r["seed"] == seed}
+                per_seed.append(steps_to_match(own, series, data)[0])
+            print(f"  mean curves: Target best {details['target_best']:.4f} at {details['target_steps']} steps; "
+                  f"HPT best {details['hpt_best']:.4f}; HPT steps to match: {details['hpt_steps_to_match']} -> "
+                  + (f"{ratio:.1f}x" if ratio else "no match")
+                  + "; per seed: " + ", ".join(f"{r:.1f}x" if r else "none" for r in per_seed))
+            if series == "ssl":
+                ratios[data] = ratio
+    if ratios and all(ratios.values()):
+        print(f"hpt steps-to-match speedup vs target: {min(ratios.values()):.1f}x")
+    elif ratios:
+        missing = [d for d, r in ratios.items() if not r]
+        print(f"hpt steps-to-match speedup vs target: 0.0x (HPT did not match Target's best on {', '.join(missing)})")
     else:
-        print("hpt steps-to-match speedup vs target: 0.0x (HPT did not match Target's best on every target)")
+        print("hpt steps-to-match speedup vs target: n/a (the self-supervised-base series has no Target/HPT pair yet)")
 
 
 def ensure_base_offline() -> None:
-    """Put the base in a private HF cache the real way (published to a mirror, served by olah,
+    """Put the supervised base in a private HF cache the real way (published to a mirror, served by olah,
     downloaded by name), then work offline. Must run before anything imports huggingface_hub."""
     import subprocess
 
-    home = WORK / "hf-home"
+    home = HERE / "_work" / "hpt" / "hf-home"
     os.environ.update(HF_HOME=str(home), ZOO_HOME=str(home / "zoo"), HF_HUB_DISABLE_XET="1")
     if not (home / "hub" / "models--hpt-zoo--sup-imagenet-mnv2").exists():
         from zoo.demo import prepare_mirror
         from zoo.mirror import serve
 
-        prepare_mirror(WORK / "mirror")
-        with serve(WORK / "mirror") as endpoint:
-            subprocess.run([sys.executable, "-m", "zoo", "download", BASE], check=True,
+        prepare_mirror(HERE / "_work" / "hpt" / "mirror")
+        with serve(HERE / "_work" / "hpt" / "mirror") as endpoint:
+            subprocess.run([sys.executable, "-m", "zoo", "download", SUP_BASE], check=True,
                            env={**os.environ, "HF_ENDPOINT": endpoint})
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=("fashion_mnist", "animals"), action="append")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few minutes: a smoke check")
+    parser.add_argument("--series", choices=tuple(SERIES), action="append")
+    parser.add_argument("--targets", help="comma-separated targets (default: the series' own)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--base-only", action="store_true", help="only train/export the self-supervised base")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes: a smoke check")
     parser.add_argument("--report", action="store_true", help="only read the JSON and print the summary")
     args = parser.parse_args()
     tag = "quick" if args.quick else "full"
     if args.report:
         report(tag)
         return 0
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     protocol = QUICK if args.quick else FULL
     ensure_base_offline()
-    for target in args.target or ["animals", "fashion_mnist"]:
-        run_target(target, protocol, args.quick)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(protocol["seeds"])
+    series_list = args.series or list(SERIES)
+    if "ssl" in series_list or args.base_only:
+        ssl = str(ssl_base(protocol, tag))
+    if args.base_only:
+        report(tag)
+        return 0
+    for seed in seeds:  # seed-major: a stopped run leaves whole curves of the first seeds
+        for series in series_list:
+            targets = args.targets.split(",") if args.targets else SERIES[series]["targets"]
+            for target in targets:
+                run_point(series, target, seed, ssl if series == "ssl" else SUP_BASE, protocol, tag)
     report(tag)
     return 0
 

@@ -10,9 +10,10 @@ from .errors import (CheckpointFormatError, IncompatibleOverlayError, IntegrityE
                      NotPublishedError, UnknownNameError, UnknownVariantError, UnsafeCheckpointError, ZooError)
 from .loader import card, info, load, preprocessing, transforms
 from .names import canonical, format_name, parse_name
+from .recommend import Ranking, recommend
 
 __version__ = "0.1.0"
 __all__ = ["load", "list_models", "info", "transforms", "preprocessing", "card", "recalibrate_bn", "extract_bn",
-           "apply_bn", "parse_name", "format_name", "canonical", "ZooError", "UnknownNameError",
+           "apply_bn", "recommend", "Ranking", "parse_name", "format_name", "canonical", "ZooError", "UnknownNameError",
            "NotPublishedError", "NotCachedError", "IntegrityError", "UnknownVariantError",
            "IncompatibleOverlayError", "CheckpointFormatError", "UnsafeCheckpointError"]

@@ -189,6 +189,16 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_recommend(args) -> int:
+    from .recommend import recommend
+
+    candidates = [c for c in args.candidates.split(",") if c] if args.candidates else None
+    ranking = recommend(args.data, candidates, args.budget_s, sample=args.sample, image_size=args.image_size,
+                        crop_pct=args.crop_pct, domain=args.domain, arch=args.arch)
+    _emit(args, ranking.as_dict(), str(ranking))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import main as demo_main
 
@@ -248,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mirror")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("recommend", parents=[common], help="rank checkpoints for a folder of labelled images")
+    p.add_argument("data", help="<dir>/<class>/<image> (or <dir>/train/<class>/<image>)")
+    p.add_argument("--candidates", help="comma-separated names or checkpoint folders (default: published ones)")
+    p.add_argument("--budget-s", type=float, default=60.0, help="time for the whole ranking (the sample shrinks)")
+    p.add_argument("--sample", type=int, default=500, help="at most this many images (stratified)")
+    p.add_argument("--image-size", type=int, help="override each candidate's input size (e.g. 64 for 28 px data)")
+    p.add_argument("--crop-pct", type=float, help="override each candidate's crop_pct")
+    p.add_argument("--domain", help="keep only this domain's BN variants among the default candidates")
+    p.add_argument("--arch", help="keep only this architecture family (mnv2, r50, ...)")
+    p.set_defaults(func=cmd_recommend)
     p = sub.add_parser("demo", help="the main job on the embedded real MobileNetV2")
     p.add_argument("--workdir", default=".zoo-demo")
     p.set_defaults(func=cmd_demo)

@@ -1,0 +1,201 @@
+"""How well does zoo.recommend's quick ranking agree with the full linear probe, and at what cost?
+
+For each offline set (Fashion-MNIST, animals, digits) and the same candidates, side by side:
+- full: the HPT linear-separability protocol of training.evaluate (3000 train / 1000 val / 1000 test
+  images, SGD lr grid {0.3, 3, 30}, 1000 iterations, validation-selected test top-1), each candidate
+  with its own mean/std at 64 px;
+- quick: zoo.recommend on a stratified sample of the train split (closed-form ridge, leave-one-out).
+Kendall's tau-b between the two rankings per set, and the quick ranking's cost (load + embed + probe
+seconds, summed) as a fraction of the full probe's (load + embed + probe).
+
+Candidates (MobileNetV2 family, any BN variant): the supervised ImageNet base and its animals BN
+variant, a randomly initialised control, and every zoo checkpoint folder found under --pool
+(default: what hpt_repro.py and target_ablation.py exported in benchmarks/_work/).
+
+    python benchmarks/recommend.py                      # resumable: full-probe rows are cached
+    python benchmarks/recommend.py --report
+
+Results: benchmarks/results/recommend.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "recommend.json"
+WORK = HERE / "_work" / "recommend"
+SETS = ("fashion_mnist", "animals", "digits")
+PUBLISHED = ("sup-imagenet-mnv2", "base-animals-mnv2")
+FULL_PROBE = {"train_images": 3000, "eval_images": 1000, "iterations": 1000, "lrs": (0.3, 3.0, 30.0)}
+
+
+def kendall_tau_b(first: list[float], second: list[float]) -> float:
+    """Kendall's tau-b (ties in either ranking handled), O(n^2): a few dozen candidates at most."""
+    concordant = discordant = ties_first = ties_second = 0
+    for i in range(len(first)):
+        for j in range(i + 1, len(first)):
+            a, b = first[i] - first[j], second[i] - second[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                ties_first += 1
+            elif b == 0:
+                ties_second += 1
+            elif (a > 0) == (b > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = ((concordant + discordant + ties_first) * (concordant + discordant + ties_second)) ** 0.5
+    return (concordant - discordant) / denominator if denominator else float("nan")
+
+
+def random_control() -> Path:
+    """A randomly initialised MobileNetV2 in the zoo format (ImageNet statistics), the floor of the ranking."""
+    import torch
+
+    from zoo.build import create_model
+    from zoo.checkpoint import timm_config, write_checkpoint
+
+    folder = WORK / "random-mnv2"
+    if not (folder / "zoo.json").exists():
+        torch.manual_seed(0)
+        model = create_model("mobilenetv2_100", 0)
+        cfg = {"input_size": (3, 64, 64), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+               "interpolation": "bilinear", "crop_pct": 1.0}
+        write_checkpoint(folder, model.state_dict(), timm_config("mobilenetv2_100", 0, 1280, cfg),
+                         {"name": "random-mnv2", "strategy": "random", "method": "none", "domain": "none",
+                          "lineage": []})
+    return folder
+
+
+def export_ablation_runs() -> list[Path]:
+    """Each finished target_ablation run, exported once (its final step) so it can be a candidate."""
+    from training import runfiles
+    from training.export import export
+
+    out = []
+    for run in sorted((HERE / "_work" / "target_ablation").glob("*-*-*")):
+        latest = runfiles.latest_checkpoint(run) if run.is_dir() else None
+        config = runfiles.read_config(run) if latest else None
+        if not latest or latest[0] != config["steps"] or config["arch"] != "mnv2":
+            continue
+        folder = WORK / "pool" / run.name
+        if not (folder / "zoo.json").exists():
+            export(run, folder)
+        out.append(folder)
+    return out
+
+
+def candidates(pool: Path) -> list[str]:
+    found = [str(random_control()), *PUBLISHED, *map(str, export_ablation_runs())]
+    for meta in sorted(pool.glob("**/zoo.json")):
+        folder = meta.parent
+        skip = ("hf-home", "mirror", "quick", "pool")  # caches, the smoke runs, exports made above
+        if "runs-" in str(folder) or any(part in folder.parts for part in skip) or str(folder) in found:
+            continue
+        if json.loads((folder / "config.json").read_text() if (folder / "config.json").exists() else "{}").get(
+                "architecture", "mobilenetv2_100") == "mobilenetv2_100":
+            found.append(str(folder))
+    return found
+
+
+def full_probe(name: str, data: str, sets) -> dict:
+    import zoo
+    from training.evaluate import linear_eval
+    from training.views import input_spec
+
+    start = time.perf_counter()
+    model = zoo.load(name)
+    cfg = zoo.info(name)["pretrained_cfg"]
+    loaded = time.perf_counter()
+    spec = input_spec(sets[0].domain, "auto", 64, base_cfg=cfg, crop_pct=1.0)
+    record = linear_eval(model, *sets, spec, data, **FULL_PROBE)
+    return {"value": record["value"], "lr": record["lr"], "load_s": loaded - start,
+            "seconds": time.perf_counter() - start}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--sample", type=int, default=200, help="recommend's sample (stratified, train split)")
+    parser.add_argument("--pool", default=str(HERE / "_work"), help="folder searched for zoo checkpoint folders")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.report:
+        report()
+        return 0
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    sys.path.insert(0, str(HERE))
+    from hpt_repro import ensure_base_offline
+
+    ensure_base_offline()
+    import zoo
+    from training.data import open_source
+    from training.runfiles import atomic_write_bytes
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"full": [], "quick": []}
+    names = candidates(Path(args.pool))
+    print(f"{len(names)} candidates: {names}", flush=True)
+
+    def save():
+        atomic_write_bytes(RESULTS, json.dumps(results, indent=1).encode())
+
+    for data in args.sets.split(","):
+        sets = tuple(open_source(data, split) for split in ("train", "val", "test"))
+        for name in names:
+            if any(r["data"] == data and r["name"] == name for r in results["full"]):
+                continue
+            row = {"data": data, "name": name, **full_probe(name, data, sets)}
+            results["full"].append(row)
+            save()
+            print(f"  full  {data:14s} {row['value']:.4f} {row['seconds']:6.1f} s  {name}", flush=True)
+        train = sets[0]
+        images = train._array[:, :, :, 0] if train._array is not None else [train.image(i) for i in range(len(train))]
+        ranking = zoo.recommend((images, train.labels()), candidates=names, budget_s=None, sample=args.sample,
+                                image_size=64, crop_pct=1.0)
+        results["quick"] = [r for r in results["quick"] if not (r["data"] == data and r["sample"] == args.sample)]
+        results["quick"].append({"data": data, "sample": args.sample, "rows": ranking.rows,
+                                 "skipped": ranking.skipped, "seconds": ranking.seconds})
+        save()
+        print(str(ranking), flush=True)
+    report(args.sample)
+    return 0
+
+
+def report(sample: int | None = None) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"full": [], "quick": []}
+    taus, quick_cost, full_cost = [], 0.0, 0.0
+    for entry in results["quick"]:
+        if sample is not None and entry["sample"] != sample:
+            continue
+        data = entry["data"]
+        full = {r["name"]: r for r in results["full"] if r["data"] == data}
+        rows = [r for r in entry["rows"] if r["name"] in full]
+        if len(rows) < 3:
+            continue
+        tau = kendall_tau_b([r["score"] for r in rows], [full[r["name"]]["value"] for r in rows])
+        quick = sum(r["seconds"] for r in rows)
+        cost = sum(full[r["name"]]["seconds"] for r in rows)
+        taus.append(tau)
+        quick_cost, full_cost = quick_cost + quick, full_cost + cost
+        print(f"\n{data}: {len(rows)} candidates, recommend sample {entry['sample']}: kendall tau-b {tau:.2f}, "
+              f"cost {quick:.0f} s vs full probe {cost:.0f} s ({100 * quick / cost:.1f}%)")
+        print(f"  {'quick':>6} {'full':>6}  candidate")
+        for r in sorted(rows, key=lambda r: -full[r["name"]]["value"]):
+            print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {Path(r['name']).name}")
+    if taus:
+        print(f"recommend kendall tau vs full probe: {sum(taus) / len(taus):.2f} at "
+              f"{100 * quick_cost / full_cost:.1f}% of its cost")
+    else:
+        print("recommend kendall tau vs full probe: n/a (no complete data set yet)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
