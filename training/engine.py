@@ -25,7 +25,7 @@ from .config import ConfigError, differences
 from .data import ImageSet, open_source
 from .models import Backbone, backbone_from_zoo, build_backbone, make_bn_only_trainable
 from .moco import MoCo
-from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr
+from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr, step_lr
 from .simclr import SimCLR
 from .device_views import BatchedViews, raw_transform
 from .views import InputSpec, input_spec, view_transform
@@ -84,9 +84,10 @@ def _builders() -> dict:
     define, besides forward/after_backward/trainable_module/set_runner: `views` (1 or 2 views per image),
     `uses_indices` (forward gets the batch's dataset indices), `begin_step(step, lr)` and
     `make_batches(...)` (its own step -> images mapping, e.g. PIC's sliding window)."""
-    from . import pic
+    from . import pic, rotation, supervised
 
-    return {"moco": _build_moco, "simclr": _build_simclr, "pic": pic.build}
+    return {"moco": _build_moco, "simclr": _build_simclr, "pic": pic.build, "supervised": supervised.build,
+            "rotation": rotation.build}
 
 
 def build_method(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
@@ -225,7 +226,9 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     rank, world = dist.rank(), dist.world_size()
     method, device = setup.method, setup.device
     optimizer = build_optimizer(method.trainable_module(), config["optimizer"], 0.0, config["momentum"],
-                                config["weight_decay"], config["exclude_bn_bias"])
+                                config["weight_decay"], config["exclude_bn_bias"],
+                                groups=method.parameter_groups(config["weight_decay"], config["exclude_bn_bias"])
+                                if hasattr(method, "parameter_groups") else None)
     peak_lr = scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"], config["lr_reference_batch"])
     on_device = config["augment_device"] is True or (config["augment_device"] == "auto" and device.type == "cuda")
     views = getattr(method, "views", 2)
@@ -277,7 +280,8 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     path = last_good
     with _SigtermFlag() as sigterm:
         for step, (view1, view2, indices) in zip(range(start, total), loader):
-            lr = cosine_lr(step, total, peak_lr, config["warmup_steps"])
+            lr = (step_lr if config.get("schedule") == "steps" else cosine_lr)(step, total, peak_lr,
+                                                                                config["warmup_steps"])
             set_lr(optimizer, lr)
             if hasattr(method, "begin_step"):
                 method.begin_step(step, lr)

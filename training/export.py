@@ -15,7 +15,8 @@ from .runfiles import atomic_write_bytes
 
 HEADS_FILE = "heads.safetensors"
 _PREFIX = {"moco": ("query.backbone.", "query.head."), "simclr": ("encoder.backbone.", "encoder.head."),
-           "pic": ("encoder.backbone.", "encoder.head.")}
+           "pic": ("encoder.backbone.", "encoder.head."), "rotation": ("encoder.backbone.", "encoder.head."),
+           "supervised": ("model.backbone.", "model.head.")}
 # method -> zoo strategy (zoo.names.STRATEGIES) when the name is not the method's own
 _STRATEGY = {"supervised": "sup"}
 

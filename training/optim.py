@@ -54,8 +54,9 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
-                    exclude_bn_bias: bool) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay, exclude_bn_bias)
+                    exclude_bn_bias: bool, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """`groups` (optional) replaces parameter_groups(model, ...); a group's `lr_scale` multiplies its lr."""
+    groups = groups if groups is not None else parameter_groups(model, weight_decay, exclude_bn_bias)
     if not groups:
         raise ValueError("no trainable parameters: check `trainable`")
     if name == "sgd":
@@ -86,6 +87,13 @@ def cosine_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def step_lr(step: int, total_steps: int, peak_lr: float, warmup_steps: int = 0) -> float:
+    """The HPT study's fine-tuning schedule: x0.1 at 1/3 and at 2/3 of the steps (after any warm-up)."""
+    if warmup_steps and step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr * 0.1 ** sum(step >= round(total_steps * k / 3) for k in (1, 2))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -6,7 +6,7 @@ another method is refused with the method it belongs to. Plain data only: config
 """
 from __future__ import annotations
 
-METHODS = ("moco", "simclr", "pic")  # grows as methods land: rotation, supervised, selftrain, distill
+METHODS = ("moco", "simclr", "pic", "rotation", "supervised")  # grows as methods land: rotation, supervised, selftrain, distill
 
 # method -> {key: default} for keys only that method reads
 METHOD_KEYS = {
@@ -14,7 +14,9 @@ METHOD_KEYS = {
             "pic_stride": 0,  # S: the next window starts S later; 0 = D/8 (ImageNet: 16,384)
             "pic_negatives": 65536,  # K: recently seen instances in the softmax besides the batch
             "pic_weight_lr_scale": 1.0},  # classification weights' lr = lr x this
-    "supervised": {"label_smoothing": 0.0, "dropout": 0.0, "drop_path": 0.0, "labels": 0},  # labels 0 = all
+    "supervised": {"label_smoothing": 0.0, "dropout": 0.0, "drop_path": 0.0, "labels": 0,  # labels 0 = all
+                   "schedule": "cosine",  # or "steps": x0.1 at 1/3 and 2/3 (the HPT study's fine-tuning)
+                   "head_lr_scale": 1.0},  # the head's lr = lr x this (fine-tuning: 100)
     "rotation": {},
     "selftrain": {"labels": 1000,  # labelled images (class-covering subset); the rest are unlabelled
                   "teacher": None,  # zoo name/folder the teacher starts from (default: random init)
@@ -52,7 +54,7 @@ METHOD_DEFAULTS = {
     ("distill", "small"): {"lr": 0.1, "weight_decay": 5e-4, "augment": "crop_flip", "temperature": 0.5},
 }
 
-CHOICES = {"pseudo": ("hard", "soft")}
+CHOICES = {"pseudo": ("hard", "soft"), "schedule": ("cosine", "steps")}
 
 
 def owner_of(key: str) -> str | None:
@@ -69,6 +71,8 @@ def validate(config: dict) -> list[str]:
                 problems.append(f"{key} must be an integer >= 0 (0: automatic), not {config[key]!r}")
         if not isinstance(config["pic_negatives"], int) or config["pic_negatives"] < 0:
             problems.append(f"pic_negatives must be an integer >= 0, not {config['pic_negatives']!r}")
+    if "schedule" in config and config["schedule"] not in CHOICES["schedule"]:
+        problems.append(f"schedule must be one of {CHOICES['schedule']}, not {config['schedule']!r}")
     if method in ("supervised", "selftrain"):
         for key in ("label_smoothing", "dropout", "drop_path"):
             if not 0 <= config[key] < 1:

@@ -97,7 +97,8 @@ def recipe_hint(name: ModelName) -> str:
                 f"exported/{format_name(name)} --arch {name.arch} --name {format_name(name)}, then pass that folder "
                 f"as --base. Or produce it with: python -m training pretrain --method moco --data imagenet "
                 f"--arch {name.arch}{steps} --run runs/{format_name(name)}.")
-    return (f"Produce it with: python -m training pretrain --method {name.strategy} --data {name.domain} "
+    method = {"sup": "supervised"}.get(name.strategy, name.strategy)  # `python -m training` method names
+    return (f"Produce it with: python -m training pretrain --method {method} --data {name.domain} "
             f"--arch {name.arch}{steps} --run runs/{format_name(name)}, export it with python -m training export, "
             f"then `zoo publish` the folder.")
 

@@ -22,13 +22,14 @@ STRATEGIES = {
     "simclr": "SimCLR v2 self-supervised pretraining",
     "pic": "Parametric Instance Classification",
     "selftrain": "Noisy-Student self-training",
+    "rotation": "rotation-prediction pretext task (a self-supervised baseline)",
     "hpt": "hierarchical pretraining: MoCo v2 continued from a base on the target",
     "hptbn": "HPT training only BatchNorm parameters (a BN overlay on the base trunk)",
     "base": "the base trunk with BatchNorm statistics recalibrated on the target (a BN overlay)",
     "target": "MoCo v2 from random initialisation on the target only",
 }
 STRATEGY_ALIASES = {"mocov2": "moco", "moco_v2": "moco", "simclrv2": "simclr", "supervised": "sup",
-                    "noisy_student": "selftrain", "hpt_bn": "hptbn", "scratch": "target"}
+                    "noisy_student": "selftrain", "rot": "rotation", "hpt_bn": "hptbn", "scratch": "target"}
 
 # short arch -> timm architecture
 ARCHS = {
