@@ -6,8 +6,10 @@
 """
 from .bn import apply_bn, extract_bn, recalibrate_bn
 from .catalog import list_models
-from .errors import (CheckpointFormatError, IncompatibleOverlayError, IntegrityError, NotCachedError,
-                     NotPublishedError, UnknownNameError, UnknownVariantError, UnsafeCheckpointError, ZooError)
+from .errors import (CatalogError, CheckpointFormatError, IncompatibleOverlayError, IntegrityError,
+                     InvalidArgumentError, NotCachedError, NotPublishedError, UnknownNameError, UnknownRevisionError,
+                     UnknownVariantError, UnpinnedRevisionWarning, UnsafeCheckpointError, UnverifiedCheckpointWarning,
+                     ZooError)
 from .loader import card, info, load, preprocessing, transforms
 from .names import canonical, format_name, parse_name
 from .recommend import Ranking, recommend
@@ -16,4 +18,5 @@ __version__ = "0.1.0"
 __all__ = ["load", "list_models", "info", "transforms", "preprocessing", "card", "recalibrate_bn", "extract_bn",
            "apply_bn", "recommend", "Ranking", "parse_name", "format_name", "canonical", "ZooError", "UnknownNameError",
            "NotPublishedError", "NotCachedError", "IntegrityError", "UnknownVariantError",
-           "IncompatibleOverlayError", "CheckpointFormatError", "UnsafeCheckpointError"]
+           "IncompatibleOverlayError", "CheckpointFormatError", "UnsafeCheckpointError", "InvalidArgumentError",
+           "UnknownRevisionError", "CatalogError", "UnpinnedRevisionWarning", "UnverifiedCheckpointWarning"]

@@ -10,7 +10,7 @@ import os
 from typing import Iterable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .checkpoint import save_state_dict
@@ -52,8 +52,11 @@ def extract_bn(model: torch.nn.Module, path: str | os.PathLike | None = None, *,
 
 
 def overlay_metadata(path: str | os.PathLike) -> dict:
-    with safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except SafetensorError as error:
+        raise CheckpointFormatError(f"{os.path.basename(str(path))} is not a readable safetensors file ({error})") from None
 
 
 def apply_bn(model: torch.nn.Module, path: str | os.PathLike, trunk_sha256: str | None) -> torch.nn.Module:
@@ -66,17 +69,39 @@ def apply_bn(model: torch.nn.Module, path: str | os.PathLike, trunk_sha256: str 
         raise IncompatibleOverlayError(
             f"BN overlay {os.path.basename(path)} was made for trunk {made_for[:12]}..., not for this trunk "
             f"{trunk_sha256[:12]}...; recompute it with zoo.recalibrate_bn + zoo.extract_bn on this model")
-    overlay = load_file(str(path))
+    try:
+        overlay = load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointFormatError(f"BN overlay {os.path.basename(str(path))} cannot be read ({error})") from None
     expected = set(bn_keys(model, affine=metadata.get("kind") == "stats+affine"))
     if set(overlay) != expected:
         from .build import describe_key_mismatch
         raise CheckpointFormatError(f"BN overlay {path} does not fit: "
                                     f"{describe_key_mismatch(expected - set(overlay), set(overlay) - expected)}")
     state = model.state_dict()
+    _check_overlay_values(overlay, state, path)
     with torch.no_grad():
         for key, value in overlay.items():
             state[key].copy_(value)
     return model
+
+
+def _check_overlay_values(overlay: dict, state: dict, path) -> None:
+    """Every tensor must have the model's shape exactly (copy_ would broadcast a [1] tensor silently),
+    be finite, and be a valid statistic: a variance below zero or a negative batch count is refused."""
+    name = os.path.basename(str(path))
+    for key, value in sorted(overlay.items()):
+        target = state[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise CheckpointFormatError(f"BN overlay {name}: {key} has shape {list(value.shape)}, the model's has "
+                                        f"{list(target.shape)}; the overlay was made for another architecture")
+        if value.is_floating_point() != target.is_floating_point():
+            raise CheckpointFormatError(f"BN overlay {name}: {key} is {value.dtype}, the model's is {target.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointFormatError(f"BN overlay {name}: {key} has NaN or infinite values")
+        if key.endswith(("running_var", "num_batches_tracked")) and bool((value < 0).any()):
+            raise CheckpointFormatError(f"BN overlay {name}: {key} has negative values (a variance or count "
+                                        f"cannot be negative); recompute the overlay with zoo.recalibrate_bn")
 
 
 def _images(batch):

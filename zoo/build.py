@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import CheckpointFormatError
@@ -75,7 +76,10 @@ def assign_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None
     if expected != given:
         raise CheckpointFormatError(
             f"{source} does not fit {type(model).__name__}: {describe_key_mismatch(expected - given, given - expected)}")
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as error:  # same keys, other shapes
+        raise CheckpointFormatError(f"{source} does not fit {type(model).__name__}: {str(error)[:400]}") from None
     leftover = [name for name, tensor in list(model.named_parameters()) + list(model.named_buffers())
                 if tensor.is_meta]
     if leftover:  # a non-persistent buffer the file cannot carry: refuse rather than leave garbage
@@ -84,8 +88,17 @@ def assign_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None
 
 def build_from_file(timm_arch: str, weights_path: str | os.PathLike, num_classes_in_file: int,
                     model_args: dict | None = None) -> torch.nn.Module:
-    model = create_on_meta(timm_arch, num_classes_in_file, model_args)
-    assign_strict(model, load_file(str(weights_path)), str(weights_path))
+    try:
+        model = create_on_meta(timm_arch, num_classes_in_file, model_args)
+    except RuntimeError as error:  # timm: "Unknown model (...)"
+        raise CheckpointFormatError(f"{weights_path}: cannot build architecture {timm_arch!r}: {error}") from None
+    except TypeError as error:  # a model_args key the architecture does not take
+        raise CheckpointFormatError(f"{weights_path}: model_args do not fit {timm_arch!r}: {error}") from None
+    try:
+        state_dict = load_file(str(weights_path))
+    except SafetensorError as error:
+        raise CheckpointFormatError(f"{weights_path} is not a readable safetensors file ({error})") from None
+    assign_strict(model, state_dict, str(weights_path))
     return model
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import NotPublishedError, UnknownNameError, UnknownVariantError, close_matches
+from .errors import CatalogError, NotPublishedError, UnknownNameError, UnknownVariantError, close_matches
 from .names import ModelName, canonical, parse_name
 
 PACKAGED = Path(__file__).with_name("catalog.json")
@@ -49,11 +49,37 @@ def _load(paths: tuple[Path, ...], stamps: tuple) -> dict:
     for path in paths:
         if not path.exists():
             continue
-        data = json.loads(path.read_text())
+        data = _read_catalog(path)
         merged["models"].update(data.get("models", {}))
         merged["bases"].update(data.get("bases", {}))
         merged["upstream"].update(data.get("upstream", {}))  # publishers' files, converted on first use (upstream.py)
     return merged
+
+
+_REQUIRED = {"repo_id": str, "revision": str, "timm_arch": str, "num_classes": int, "files": dict}
+
+
+def _read_catalog(path: Path) -> dict:
+    """One catalog file, checked: a malformed file is a CatalogError naming it, never a traceback later."""
+    where = f"catalog {path}" + (" (listed in ZOO_CATALOG)" if path != PACKAGED else "")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CatalogError(f"{where} cannot be read: {error}. Fix or remove it from ZOO_CATALOG.") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(key, {}), dict) for key in ("models", "bases",
+                                                                                          "upstream")):
+        raise CatalogError(f"{where} must be a JSON object with a 'models' object (as `zoo publish --catalog` writes)")
+    for name, entry in data.get("models", {}).items():
+        problems = [key for key, kind in _REQUIRED.items() if not isinstance(entry, dict) or not isinstance(
+            entry.get(key), kind)]
+        record = entry.get("files", {}).get("model.safetensors") if not problems else None
+        if not problems and not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                                 and isinstance(record.get("size"), int)):
+            problems.append("files['model.safetensors'] (sha256 + size)")
+        if problems:
+            raise CatalogError(f"{where}: entry {str(name)[:80]!r} lacks {', '.join(problems)}; "
+                               f"re-publish it with `zoo publish --catalog`")
+    return data
 
 
 def catalog() -> dict:

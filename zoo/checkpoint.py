@@ -87,7 +87,8 @@ def write_checkpoint(directory: str | os.PathLike, state_dict: dict, config: dic
     with atomic_folder(directory) as staging:
         save_state_dict(state_dict, staging / WEIGHTS)
         (staging / CONFIG).write_text(dump_json(config))
-        files = {WEIGHTS: file_record(staging / WEIGHTS)}
+        # config.json decides the network (architecture, model_args): hashed like the weights
+        files = {WEIGHTS: file_record(staging / WEIGHTS), CONFIG: file_record(staging / CONFIG)}
         for domain, source in sorted((overlays or {}).items()):
             (staging / BN_DIR).mkdir(exist_ok=True)
             target = staging / BN_DIR / f"{domain}.safetensors"

@@ -36,25 +36,46 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _text(value, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def cmd_info(args) -> int:
     from .loader import info
 
     details = info(args.name)
-    lines = [f"{details['name']}"]
+    lines = [_text(details.get("name", args.name))]
     for key in ("strategy", "method", "timm_arch", "domain", "steps", "repo_id", "revision", "license"):
         if details.get(key) is not None:
-            lines.append(f"  {key:10s} {details[key]}")
-    cfg = details.get("pretrained_cfg", {})
-    lines.append(f"  input      {cfg.get('input_size')} mean {cfg.get('mean')} std {cfg.get('std')}")
-    lines.append("  lineage    " + " -> ".join(f"{s.get('name')} ({s.get('role')})" for s in details.get("lineage", [])))
-    lines.append(f"  bn         {', '.join(details.get('bn_variants', [])) or 'none'}")
-    for filename, record in sorted((details.get("files") or details.get("weights") or {}).items()):
-        lines.append(f"  file       {filename:28s} {record['size']:>10d} B  sha256 {record['sha256']}")
-    for record in details.get("evaluations", []):
-        lines.append(f"  eval       {record.get('protocol')} {record.get('data')} {record.get('metric')} "
-                     f"{record.get('value'):.4f}")
+            lines.append(f"  {key:10s} {_text(details[key])}")
+    cfg = details.get("pretrained_cfg") if isinstance(details.get("pretrained_cfg"), dict) else {}
+    lines.append(f"  input      {_text(cfg.get('input_size'))} mean {_text(cfg.get('mean'))} std {_text(cfg.get('std'))}")
+    lineage = details.get("lineage") if isinstance(details.get("lineage"), list) else []
+    lines.append("  lineage    " + " -> ".join(f"{_text(s.get('name'))} ({_text(s.get('role'))})"
+                                               for s in lineage if isinstance(s, dict)))
+    variants = details.get("bn_variants") if isinstance(details.get("bn_variants"), list) else []
+    lines.append(f"  bn         {', '.join(_text(v) for v in variants) or 'none'}")
+    files = details.get("files") or details.get("weights") or {}
+    for filename, record in sorted(files.items() if isinstance(files, dict) else [], key=lambda item: str(item[0])):
+        record = record if isinstance(record, dict) else {}
+        lines.append(f"  file       {_text(filename):28s} {_text(record.get('size')):>10s} B  "
+                     f"sha256 {_text(record.get('sha256'))}")
+    evaluations = details.get("evaluations") if isinstance(details.get("evaluations"), list) else []
+    for record in evaluations:
+        if isinstance(record, dict):
+            value = record.get("value")
+            shown = f"{value:.4f}" if isinstance(value, (int, float)) else _text(value)
+            lines.append(f"  eval       {_text(record.get('protocol'))} {_text(record.get('data'))} "
+                         f"{_text(record.get('metric'))} {shown}")
     _emit(args, details, "\n".join(lines))
     return 0
+
+
+def _local_folder(name: str) -> bool:
+    import os
+
+    return os.sep in name or name.startswith(".") or os.path.isdir(name)
 
 
 def cmd_download(args) -> int:
@@ -63,6 +84,9 @@ def cmd_download(args) -> int:
 
     done = []
     for name in args.names:
+        if _local_folder(name):
+            raise ZooError(f"{name[:200]} is a local folder: there is nothing to download. `zoo download` takes "
+                           f"published names (see `zoo list`); load the folder with zoo.load({name[:200]!r}).")
         entry, _ = resolve(name)
         if entry.data.get("kind") == "upstream":  # the publisher's file, verified and converted into the cache
             from .upstream import ensure
@@ -80,6 +104,16 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _refetch_advice(path: str, name: str) -> str:
+    import os
+
+    blob = os.path.realpath(path)
+    if os.access(os.path.dirname(blob), os.W_OK) and os.access(os.path.dirname(path), os.W_OK):
+        return f"CORRUPT (run `zoo download {name}` to re-fetch)"
+    return ("CORRUPT (the HF cache is read-only: ask its owner to run `zoo download` there, or set HF_HUB_CACHE "
+            "to a writable folder and run `zoo download`)")
+
+
 def cmd_verify(args) -> int:
     """Re-hash every cached file of the given (default: all published) models in full."""
     from huggingface_hub import try_to_load_from_cache
@@ -90,6 +124,9 @@ def cmd_verify(args) -> int:
     rows, bad = [], 0
     seen = set()
     for name in args.names or list_models():
+        if _local_folder(name):
+            raise ZooError(f"{name[:200]} is a local folder: `zoo verify` checks cached published models; "
+                           f"zoo.load({name[:200]!r}) verifies a folder against its zoo.json.")
         entry, _ = resolve(name)
         if entry.name in seen:
             continue
@@ -106,7 +143,7 @@ def cmd_verify(args) -> int:
             elif sha256_file(path) == record["sha256"]:
                 status = "ok"
             else:
-                status, bad = "CORRUPT (run `zoo download` to re-fetch)", bad + 1
+                status, bad = _refetch_advice(path, entry.name), bad + 1
             rows.append({"name": entry.name, "file": filename, "status": status})
     _emit(args, rows, _table(rows, ["name", "file", "status"]) if rows else "nothing to verify")
     return 1 if bad else 0
@@ -281,8 +318,8 @@ def main(argv=None) -> int:
     except ZooError as error:
         print(f"zoo: error: {error}", file=sys.stderr)
         return 2
-    except FileNotFoundError as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
+    except OSError as error:  # a missing or unreadable file, a read-only cache: the OS's message names the path
+        print(f"zoo: error: {str(error)[:990]}", file=sys.stderr)
         return 2
 
 

@@ -4,11 +4,31 @@ from __future__ import annotations
 import difflib
 
 
+MAX_MESSAGE = 990  # an error message is read by a person: long echoes of input are cut in the middle
+
+
 class ZooError(Exception):
     """Base class of every error the zoo raises on purpose (the CLI turns them into exit code 2)."""
 
+    def __init__(self, *args):
+        if args and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE:
+            text = args[0]
+            args = (f"{text[:MAX_MESSAGE // 2]} [...] {text[-(MAX_MESSAGE // 2 - 10):]}",) + args[1:]
+        super().__init__(*args)
+
+
+MAX_ECHO = 80  # characters of user input echoed back in a message
+
+
+def shorten(text, limit: int = MAX_ECHO) -> str:
+    """repr() of user input, cut to `limit` characters: a 100k-character name must not become the message."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit - 20]}...<{len(str(text))} characters>"
+
 
 def close_matches(word: str, candidates, n: int = 3) -> list[str]:
+    if len(word) > 4 * MAX_ECHO:  # difflib is quadratic; nothing that long is a typo of a short name
+        return []
     return difflib.get_close_matches(word, sorted(set(candidates)), n=n, cutoff=0.5)
 
 
@@ -18,7 +38,7 @@ class UnknownNameError(ZooError, KeyError):
     def __init__(self, kind: str, name: str, candidates, hint: str = ""):
         self.kind, self.name = kind, name
         self.suggestions = close_matches(name, candidates)
-        message = f"unknown {kind} {name!r}"
+        message = f"unknown {kind} {shorten(name)}"
         if self.suggestions:
             message += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
         if hint:
@@ -58,3 +78,23 @@ class CheckpointFormatError(ZooError):
 
 class UnsafeCheckpointError(ZooError):
     """A pickle that would need to execute code to load; refused."""
+
+
+class InvalidArgumentError(ZooError, ValueError):
+    """An argument of the wrong type or value (num_classes, dtype, device, bn, revision), refused before any download."""
+
+
+class UnknownRevisionError(ZooError, LookupError):
+    """A `revision=` that the repository (on HF_ENDPOINT) does not have, or that cannot be looked up now."""
+
+
+class CatalogError(ZooError):
+    """A catalog file (the packaged one or one listed in ZOO_CATALOG) that cannot be read or has a malformed entry."""
+
+
+class UnpinnedRevisionWarning(UserWarning):
+    """A branch name such as revision="main": the files are checked only against the server's own zoo.json."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A local folder whose files cannot be checked (no zoo.json, or no hash recorded for a file)."""

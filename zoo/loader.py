@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -10,44 +11,148 @@ from . import build
 from .bn import apply_bn
 from .catalog import Entry, check_variant, resolve
 from .checkpoint import BN_DIR, CARD, CONFIG, META, WEIGHTS, is_checkpoint_dir, is_overlay_dir, read_json
-from .errors import CheckpointFormatError, IncompatibleOverlayError, UnknownVariantError, close_matches
-from .fetch import fetch
+from .errors import (CheckpointFormatError, IncompatibleOverlayError, InvalidArgumentError, UnknownVariantError,
+                     UnverifiedCheckpointWarning, close_matches, shorten)
+from .fetch import check_revision, download, fetch, resolve_revision
 from .integrity import require_verified
+
+MAX_NUM_CLASSES = 100_000  # a fresh head beyond this is a typo, and would allocate gigabytes
+
+
+def _check_name(name) -> None:
+    if isinstance(name, os.PathLike):
+        return
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise InvalidArgumentError(f"a model is named by a non-empty string (a zoo name such as 'sup-imagenet-mnv2') "
+                                   f"or a checkpoint folder path, not {shorten(name)}")
+
+
+def check_arguments(bn, num_classes, device, dtype) -> None:
+    """Every argument of load() checked before anything is downloaded or built; typed errors with the fix."""
+    if bn is not None and (not isinstance(bn, str) or not bn.strip() or "\0" in bn or len(bn) > 200):
+        raise InvalidArgumentError(f"bn must be a BN variant name (a domain such as 'animals', see "
+                                   f"zoo.info(name)['bn_variants']) or None, not {shorten(bn)}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or not 0 <= num_classes <= MAX_NUM_CLASSES):
+        raise InvalidArgumentError(f"num_classes must be 0 (backbone), None (the checkpoint's classifier) or a class "
+                                   f"count from 1 to {MAX_NUM_CLASSES} (an int), not {shorten(num_classes)}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        hint = f"; did you mean torch.{dtype}?" if isinstance(dtype, str) and isinstance(
+            getattr(torch, dtype, None), torch.dtype) else ""
+        raise InvalidArgumentError(f"dtype must be a floating torch.dtype such as torch.float16, torch.bfloat16 or "
+                                   f"torch.float32, not {shorten(dtype)}{hint}")
+    if device is not None:
+        _check_device(device)
+
+
+def _check_device(device) -> None:
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise InvalidArgumentError(f"device must be a torch.device, a string such as 'cpu' or 'cuda:0', or a CUDA "
+                                   f"index, not {shorten(device)}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidArgumentError(f"device {shorten(device)} is not a device torch knows; use 'cpu', 'cuda', "
+                                   f"'cuda:<index>' or 'mps'") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            raise InvalidArgumentError(f"device {shorten(device)}: this machine has {count} CUDA device(s); "
+                                       f"use device='cpu'" + (f" or an index below {count}" if count else ""))
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InvalidArgumentError(f"device {shorten(device)}: MPS is not available here; use device='cpu'")
+    elif parsed.type != "cpu":  # 'meta' would return a module without weights
+        raise InvalidArgumentError(f"device {shorten(device)} is not supported; use 'cpu', 'cuda[:<index>]' or 'mps'")
 
 
 def _local_dir(name) -> Path | None:
+    _check_name(name)
     if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or name.startswith(".")
                                                                     or os.path.isdir(name))):
         path = Path(name)
         if not is_checkpoint_dir(path):
-            raise CheckpointFormatError(f"{path} is not a zoo checkpoint folder (needs {CONFIG} and {WEIGHTS}); "
-                                        f"export one with training's export or `zoo convert`")
+            raise CheckpointFormatError(f"{shorten(str(path), 300)} is not a zoo checkpoint folder (needs {CONFIG} and "
+                                        f"{WEIGHTS}); export one with training's export or `zoo convert`")
         return path
     return None
 
 
+def _read_object(path: Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointFormatError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def _text_field(data: dict, key: str, path: Path) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise CheckpointFormatError(f"{path} has no {key!r} (a non-empty string); re-export or re-convert the folder")
+    return value
+
+
+def _file_record(meta: dict, filename: str, path: Path) -> dict | None:
+    weights = meta.get("weights", {})
+    record = weights.get(filename) if isinstance(weights, dict) else None
+    if record is None:
+        return None
+    if (not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
+            or isinstance(record.get("size"), bool) or not isinstance(record.get("size"), int)):
+        raise CheckpointFormatError(f"{path}: the record of {filename} needs a sha256 string and an integer size")
+    return record
+
+
+def _config(directory: Path) -> tuple[dict, str, int, dict | None]:
+    config = _read_object(directory / CONFIG)
+    architecture = _text_field(config, "architecture", directory / CONFIG)
+    classes, model_args = config.get("num_classes", 0), config.get("model_args")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise CheckpointFormatError(f"{directory / CONFIG}: num_classes must be an integer >= 0, not {shorten(classes)}")
+    if model_args is not None and not isinstance(model_args, dict):
+        raise CheckpointFormatError(f"{directory / CONFIG}: model_args must be a JSON object")
+    return config, architecture, classes, model_args
+
+
+def _overlay_trunk(directory: Path, meta: dict) -> str:
+    """The trunk an overlay folder applies to: a zoo name, or a full checkpoint folder (never another overlay)."""
+    trunk_record = meta.get("trunk")
+    trunk = trunk_record.get("name") if isinstance(trunk_record, dict) else None
+    if not isinstance(trunk, str) or not trunk:
+        raise CheckpointFormatError(f"{directory / META}: 'trunk' must be an object with the trunk's 'name'")
+    if not os.path.isabs(trunk) and (directory / trunk).exists():
+        trunk = str(directory / trunk)  # a trunk folder given relative to this folder
+    if os.path.isdir(trunk) and is_overlay_dir(trunk):
+        raise CheckpointFormatError(f"{directory}: its trunk {shorten(trunk, 300)} is itself an overlay folder; an "
+                                    f"overlay applies to a full checkpoint (a zoo name or a folder with {WEIGHTS})")
+    return trunk
+
+
 def _local_overlay(directory: Path, meta: dict, bn: str) -> Path:
     available = meta.get("bn_variants", [])
+    if not isinstance(available, list) or not all(isinstance(v, str) for v in available):
+        raise CheckpointFormatError(f"{directory / META}: bn_variants must be a list of names")
     if bn not in available:
         near = close_matches(bn, available)
-        raise UnknownVariantError(f"{directory} has no BN variant {bn!r}; available: {', '.join(available) or 'none'}."
+        raise UnknownVariantError(f"{directory} has no BN variant {shorten(bn)}; available: {', '.join(available) or 'none'}."
                                   + (f" Did you mean {', '.join(near)}?" if near else ""))
     return directory / BN_DIR / f"{bn}.safetensors"
 
 
 def _load_overlay_dir(directory: Path, bn, num_classes, device, dtype) -> torch.nn.Module:
     """Trunk (by name or folder, checked by sha256) + this folder's overlay."""
-    meta = read_json(directory / META)
-    variant = bn or meta["default_bn"]
+    meta = _read_object(directory / META)
+    variant = bn or _text_field(meta, "default_bn", directory / META)
     overlay = _local_overlay(directory, meta, variant)
-    record = meta["weights"][f"{BN_DIR}/{variant}.safetensors"]
+    record = _file_record(meta, f"{BN_DIR}/{variant}.safetensors", directory / META)
+    if record is None:
+        raise CheckpointFormatError(f"{directory / META} records no hash for {BN_DIR}/{variant}.safetensors")
     require_verified(overlay, record["sha256"], record["size"], "BN overlay", "The file changed; re-create it.")
-    trunk = meta["trunk"]["name"]
-    if not os.path.isabs(trunk) and (directory / trunk).exists():
-        trunk = str(directory / trunk)  # a trunk folder given relative to this folder
+    trunk = _overlay_trunk(directory, meta)
     actual = _trunk_sha(trunk)
-    if actual != meta["trunk_sha256"]:
-        raise IncompatibleOverlayError(f"{directory} was made for trunk {trunk} with sha256 {meta['trunk_sha256'][:12]}..., "
+    if actual != meta.get("trunk_sha256"):
+        raise IncompatibleOverlayError(f"{directory} was made for trunk {trunk} with sha256 "
+                                       f"{str(meta.get('trunk_sha256'))[:12]}..., "
                                        f"but {trunk} now has {str(actual)[:12]}...; recreate the overlay on this trunk")
     model = load(trunk, num_classes=None)
     apply_bn(model, overlay, actual)
@@ -68,19 +173,36 @@ def _trunk_sha(name) -> str | None:
     return trunk_sha256(info(name))
 
 
+def _verify_local(directory: Path, meta: dict | None, filename: str, fix: str) -> None:
+    """Check a local folder's file against zoo.json; a file nothing records is loaded with a loud warning."""
+    record = _file_record(meta, filename, directory / META) if meta is not None else None
+    if record is not None:
+        require_verified(directory / filename, record["sha256"], record["size"], "local checkpoint", fix)
+        return
+    reason = f"it has no {META}" if meta is None else f"its {META} records no hash for {filename}"
+    warnings.warn(f"{directory}: {filename} is NOT verified ({reason}): it is loaded as it is, and an edit or "
+                  f"corruption would go unnoticed. Re-export the folder (training export or `zoo convert`) to get "
+                  f"hashes.", UnverifiedCheckpointWarning, stacklevel=4)
+
+
 def _load_local(directory: Path, bn, num_classes, device, dtype) -> torch.nn.Module:
     if is_overlay_dir(directory):
         return _load_overlay_dir(directory, bn, num_classes, device, dtype)
-    config = read_json(directory / CONFIG)
-    meta = read_json(directory / META) if (directory / META).exists() else {}
-    record = meta.get("weights", {}).get(WEIGHTS)
-    if record:  # exported folders carry their own hashes: a changed file is caught
-        require_verified(directory / WEIGHTS, record["sha256"], record["size"], "local checkpoint",
-                         "The file changed after export; re-export it.")
-    file_classes = int(config.get("num_classes", 0))
-    model = build.build_from_file(config["architecture"], directory / WEIGHTS, file_classes, config.get("model_args"))
+    _, architecture, file_classes, model_args = _config(directory)
+    meta = _read_object(directory / META) if (directory / META).exists() else None
+    fix = "The file changed after export; re-export it."
+    _verify_local(directory, meta, WEIGHTS, fix)  # exported folders carry their own hashes: a change is caught
+    _verify_local(directory, meta, CONFIG, fix)  # config.json decides the network: model_args, architecture
+    overlay = None
     if bn:
-        apply_bn(model, _local_overlay(directory, meta, bn), meta.get("trunk_sha256"))
+        overlay = _local_overlay(directory, meta or {}, bn)
+        record = _file_record(meta, f"{BN_DIR}/{bn}.safetensors", directory / META)
+        if record is None:
+            raise CheckpointFormatError(f"{directory / META} records no hash for {BN_DIR}/{bn}.safetensors")
+        require_verified(overlay, record["sha256"], record["size"], "BN overlay", fix)
+    model = build.build_from_file(architecture, directory / WEIGHTS, file_classes, model_args)
+    if overlay is not None:
+        apply_bn(model, overlay, (meta or {}).get("trunk_sha256") or "")
     return build.finish(model, num_classes, file_classes, device, dtype)
 
 
@@ -93,15 +215,21 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
     revision: another published revision of the same repo; its files are then checked against
     that revision's own zoo.json instead of the catalog.
     """
+    check_arguments(bn, num_classes, device, dtype)
     directory = _local_dir(name)
     if directory is not None:
+        if revision is not None:
+            raise InvalidArgumentError(f"revision= applies to published names, not to a local folder ({directory})")
         return _load_local(directory, bn, num_classes, device, dtype)
     entry, implied_bn = resolve(str(name))
     if entry.data.get("kind") == "upstream":  # a publisher's file, converted into the zoo cache on first use
         from . import upstream
         return upstream.load(entry, bn=bn, revision=revision, num_classes=num_classes, device=device, dtype=dtype)
+    revision = check_revision(entry, revision)
+    if revision is not None:
+        revision = resolve_revision(entry, revision)  # a branch or tag: one commit for every file
     if implied_bn and bn and implied_bn != bn:
-        raise UnknownVariantError(f"{name} already means BN variant {implied_bn!r}; do not also pass bn={bn!r}")
+        raise UnknownVariantError(f"{name} already means BN variant {implied_bn!r}; do not also pass bn={shorten(bn)}")
     bn = bn or implied_bn
     variant = check_variant(entry, bn) if bn else None
     files = _file_records(entry, revision)
@@ -117,25 +245,37 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
 def _file_records(entry: Entry, revision: str | None) -> dict:
     if revision is None or revision == entry.revision:
         return entry.files
-    from huggingface_hub import hf_hub_download
-
-    meta = read_json(Path(hf_hub_download(entry.repo_id, META, revision=revision)))
-    return meta["weights"]
+    path = Path(download(entry, META, revision))
+    try:
+        meta = _read_object(path)
+    except CheckpointFormatError as error:
+        raise CheckpointFormatError(f"{entry.name}@{revision}: the server's {META} is not usable ({error})") from None
+    needed = [WEIGHTS] + [name for name in meta.get("weights", {}) if isinstance(name, str)
+                          and name.startswith(f"{BN_DIR}/")] if isinstance(meta.get("weights"), dict) else [WEIGHTS]
+    records = {}
+    for filename in needed:
+        record = _file_record(meta, filename, path)
+        if record is None:
+            raise CheckpointFormatError(f"{entry.name}@{revision}: its {META} records no hash for {filename}; "
+                                        f"it cannot be verified")
+        records[filename] = record
+    return records
 
 
 def info(name: str | os.PathLike) -> dict:
     """Everything known about a checkpoint without downloading weights."""
     directory = _local_dir(name)
     if directory is not None and is_overlay_dir(directory):
-        meta = read_json(directory / META)
-        trunk = info(meta["trunk"]["name"])
+        meta = _read_object(directory / META)
+        trunk = info(_overlay_trunk(directory, meta))
         return {**meta, "path": str(directory), "pretrained_cfg": trunk.get("pretrained_cfg", {}),
                 "timm_arch": trunk.get("timm_arch")}
     if directory is not None:
-        meta = read_json(directory / META)
-        config = read_json(directory / CONFIG)
+        meta = _read_object(directory / META) if (directory / META).exists() else {}
+        config, architecture, _, _ = _config(directory)
+        cfg = config.get("pretrained_cfg", {})
         return {"name": meta.get("name", str(directory)), "path": str(directory), **meta,
-                "pretrained_cfg": config.get("pretrained_cfg", {}), "timm_arch": config["architecture"]}
+                "pretrained_cfg": cfg if isinstance(cfg, dict) else {}, "timm_arch": architecture}
     entry, implied_bn = resolve(str(name))
     details = {"name": entry.name, **entry.data}
     if entry.data.get("kind") == "upstream":
