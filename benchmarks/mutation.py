@@ -1,0 +1,162 @@
+"""Mutation testing of the core modules with mutmut, one module at a time against only its relevant tests.
+
+Each module runs in its own scratch copy of the checkout (tracked and untracked, non-ignored files), so
+the repository never gets a `mutants/` folder and a module's run cannot disturb another's. For every
+module it prints killed / total and writes the surviving mutants' diffs to
+benchmarks/results/mutation/<module>.txt for triage (benchmarks/RESULTS.md, "Mutation testing").
+
+    nice -n 10 python benchmarks/mutation.py                      # every module, 1 process
+    nice -n 10 python benchmarks/mutation.py zoo/names.py zoo/bn.py
+    python benchmarks/mutation.py --list                          # modules and the tests each one runs
+
+A mutant counts as caught when a test fails on it or it times out (an infinite loop is caught too);
+"survived" and "no tests" (no selected test reaches the function) count against the score.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "mutation"
+
+# module -> the pytest arguments that select its relevant tests. Tests that need the olah mirror or
+# torchrun are left out on purpose: mutmut re-runs the tests in a forked pytest per mutant, and a
+# session-wide mirror or a two-process launch per mutant would not fit a session.
+T = "tests/"
+MODULES: dict[str, list[str]] = {
+    "zoo/names.py": [T + "test_zoo_names.py", T + "test_names_strength.py", T + "test_survivors_zoo.py",
+                     "-k", "not model_cards and not build and not recalibration and not overlay"],
+    "zoo/build.py": [T + "test_survivors_zoo.py", T + "test_build_strength.py", T + "test_zoo_convert_bn.py"],
+    "zoo/bn.py": [T + "test_survivors_zoo.py", T + "test_bn_strength.py", T + "test_zoo_convert_bn.py",
+                  "-k", "not build_from_file and not step_counts"],
+    "zoo/integrity.py": [T + "test_integrity_strength.py"],
+    "zoo/fetch.py": [T + "test_fetch_strength.py"],
+    "zoo/catalog.py": [T + "test_catalog_strength.py"],
+    "training/optim.py": [T + "test_training_losses.py", T + "test_optim_strength.py"],
+    "training/simclr.py": [T + "test_training_losses.py", T + "test_methods_strength.py"],
+    "training/moco.py": [T + "test_training_losses.py", T + "test_survivors_training.py",
+                         T + "test_methods_strength.py", "-k", "not real_run"],
+    "training/evaluate.py": [T + "test_training_eval.py", T + "test_survivors_training.py",
+                             T + "test_evaluate_strength.py", "-k", "not real_run and not evaluate_cli"],
+    "training/engine.py": [T + "test_survivors_training.py::test_real_run_enqueues_every_steps_keys",
+                           T + "test_engine_strength.py", T + "test_training_run.py",
+                           "-k", "not sigterm and not simclr_short_run"],
+}
+
+
+def scratch_copy(work: Path) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = ROOT / name.decode()
+        if source.is_file():
+            target = work / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def existing(tests: list[str], work: Path) -> list[str]:
+    """Drop test files that do not exist (yet) in this checkout; keep options such as -k."""
+    kept, skip_value = [], False
+    for arg in tests:
+        if skip_value or arg.startswith("-"):
+            kept.append(arg)
+            skip_value = arg == "-k"
+            continue
+        if (work / arg.split("::")[0]).exists():
+            kept.append(arg)
+    return kept
+
+
+def configure(work: Path, module: str, tests: list[str]) -> None:
+    config = {
+        "source_paths": ["zoo", "training"],
+        "only_mutate": [module],
+        "also_copy": ["model_cards", "recipes", "hubconf.py", "benchmarks", "scripts"],
+        "pytest_add_cli_args_test_selection": existing(tests, work),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in config.items()]
+    with open(work / "pyproject.toml", "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def mutmut(work: Path, *args: str, capture: bool = True) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be imported
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([str(Path(sys.executable).with_name("mutmut")), *args], cwd=work, env=env, text=True,
+                          capture_output=capture)
+    return done.stdout if capture else ""
+
+
+def run_module(module: str, work_root: Path, max_children: int) -> dict:
+    work = work_root / module.replace("/", "_").removesuffix(".py")
+    scratch_copy(work)
+    configure(work, module, MODULES[module])
+    started = time.perf_counter()
+    log = (work / "mutmut.log").open("w")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children)],
+                   cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    minutes = (time.perf_counter() - started) / 60
+    mutmut(work, "export-cicd-stats")
+    stats_file = work / "mutants" / "mutmut-cicd-stats.json"
+    if not stats_file.exists():
+        raise SystemExit(f"{module}: mutmut produced no results; see {work / 'mutmut.log'}")
+    stats = json.loads(stats_file.read_text())
+    undetected = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
+                  if line.strip().endswith(("survived", "no tests"))]
+    caught = stats["killed"] + stats["timeout"]
+    score = caught / stats["total"] if stats["total"] else 1.0
+    OUT.mkdir(parents=True, exist_ok=True)
+    report = [f"{module}: {caught}/{stats['total']} caught ({score:.1%}); {stats['survived']} survived, "
+              f"{stats['no_tests']} not reached by the selected tests; {minutes:.1f} min",
+              f"tests: {' '.join(MODULES[module])}", ""]
+    for name in undetected:
+        diff = [line for line in mutmut(work, "show", name).splitlines()
+                if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
+        report += [f"## {name}", *diff, ""]
+    (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
+    return {"module": module, "caught": caught, "total": stats["total"], "score": score,
+            "survived": stats["survived"], "no_tests": stats["no_tests"], "minutes": minutes}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(MODULES)}")
+    parser.add_argument("--work", default=os.environ.get("MUTATION_WORK", "/tmp/mutation-work"),
+                        help="scratch folder for the mutated copies")
+    parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument("--list", action="store_true", help="print each module's test selection and exit")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
+    if args.list:
+        for module, tests in MODULES.items():
+            print(f"{module}: {' '.join(tests)}")
+        return 0
+    rows = []
+    for module in args.modules or list(MODULES):
+        row = run_module(module, Path(args.work), args.max_children)
+        rows.append(row)
+        print(f"| {row['module']} | {row['caught']}/{row['total']} | {row['score']:.1%} | {row['survived']} | "
+              f"{row['no_tests']} | {row['minutes']:.0f} |", flush=True)
+    caught, total = sum(r["caught"] for r in rows), sum(r["total"] for r in rows)
+    print(f"| all run | {caught}/{total} | {caught / max(total, 1):.1%} | | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
