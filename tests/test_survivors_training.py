@@ -154,6 +154,8 @@ def test_mean_auroc_skips_labels_with_one_class():
     # column 0: positives {0.9, 0.7, 0.1}, negative {0.2}: 2 of 3 pairs ordered -> 2/3; columns 1, 2 skipped
     assert mean_auroc(scores, targets) == pytest.approx(2 / 3)
     assert math.isnan(mean_auroc(scores[:, 1:], targets[:, 1:]))
+    # the HPT study's rule, on request: one-class labels score 0 and stay in the mean
+    assert mean_auroc(scores, targets, one_class="study") == pytest.approx((2 / 3 + 0 + 0) / 3)
 
 
 def test_linear_probe_chooses_lr_on_validation_not_test():
