@@ -106,12 +106,16 @@ def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
     _check_known(recipe, "the recipe", method)
     _check_known(overrides, "the command line", method)
     from .models import short_arch
-    try:
-        arch = short_arch(str(chosen.get("arch", COMMON["arch"])))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    # starting from a base checkpoint without naming an arch: the base decides it (ImageNet-scale defaults)
-    scale = "imagenet" if chosen.get("init") and "arch" not in chosen else scale_of(arch)
+    if chosen.get("arch") is None and chosen.get("init"):
+        # starting from a base without naming an arch: the base decides it (engine.prepare fills it in,
+        # ImageNet-scale defaults); naming one that differs from the base's is an error there
+        arch, scale = None, "imagenet"
+    else:
+        try:
+            arch = short_arch(str(chosen.get("arch") or COMMON["arch"]))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        scale = scale_of(arch)
     config = {**COMMON, **registry.METHOD_KEYS.get(method, {}), **METHOD_DEFAULTS[(method, scale)], **chosen,
               "arch": arch}
     _validate(config)

@@ -94,6 +94,13 @@ def build_method(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn
     return _builders()[config["method"]](config, backbone, source)
 
 
+def check_base_arch(asked: str | None, base_arch: str, base: str) -> None:
+    """A run that names an arch and starts from a base of another arch is refused: neither may silently win."""
+    if asked is not None and asked != base_arch:
+        raise ConfigError(f"arch {asked!r} was asked for, but the base {base} is a {base_arch!r} checkpoint; "
+                          f"pass arch {base_arch!r} (or leave it out), or start from a {asked!r} base")
+
+
 def prepare(config: dict) -> Setup:
     """Everything that can fail on bad input (data, base checkpoint, shapes), before any file is written."""
     device = pick_device(config)
@@ -103,9 +110,10 @@ def prepare(config: dict) -> Setup:
     spec = input_spec(domain, config["channels"], config["image_size"],
                       base_cfg=base.init["pretrained_cfg"] if base else None, crop_pct=config["crop_pct"])
     torch.manual_seed(config["seed"])
+    if base:
+        check_base_arch(config["arch"], base.arch, config["init"])
+        config["arch"] = base.arch
     backbone = base or build_backbone(config["arch"], spec.channels)
-    if base and backbone.arch != config["arch"]:
-        config["arch"] = backbone.arch  # the base decides the architecture
     method = build_method(config, backbone, source)
     if base:
         method.reset_key_encoder()  # HPT: key encoder starts as a copy of the loaded query encoder

@@ -8,7 +8,7 @@ from pathlib import Path
 from zoo.checkpoint import (CARD, CONFIG, META, WEIGHTS, dump_json, read_json, save_state_dict, timm_config,
                             write_checkpoint)
 from zoo.integrity import sha256_file
-from zoo.names import ModelName, format_name
+from zoo.names import ModelName, check_name_agrees, format_name, parse_name
 
 from . import runfiles
 from .runfiles import atomic_write_bytes
@@ -40,6 +40,21 @@ def strategy_of(config: dict) -> str:
     return _STRATEGY.get(config["method"], config["method"])
 
 
+def _agreeing(name: str, strategy: str, domain: str, config: dict, arch: dict) -> tuple[str, str]:
+    """The strategy and domain a requested name may claim for this run, or NameMismatchError.
+
+    MoCo v2 from random init is the study's Target strategy, so a `moco` run may be named `target-*`; data
+    without a known domain (a plain image folder) takes the name's domain."""
+    parsed = parse_name(name)
+    if strategy == "moco" and parsed.strategy == "target" and not config.get("init"):
+        strategy = "target"
+    if domain == "custom":
+        domain = parsed.domain
+    check_name_agrees(name, strategy=strategy, domain=domain, arch=arch["arch"], architecture=arch["timm_arch"],
+                      where=f"the training run ({config['method']}, {'init ' + str(config['init']) if config.get('init') else 'random init'})")
+    return strategy, domain
+
+
 def _sha_of(state: dict) -> str:
     with tempfile.TemporaryDirectory() as folder:  # the exact bytes write_checkpoint will write
         path = Path(folder) / WEIGHTS
@@ -57,6 +72,9 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, he
     domain = (state["data"].get("domain") or "custom")
     steps = int(state["step"])
     strategy = strategy_of(config)
+    if name:
+        strategy, domain = _agreeing(name, strategy, domain, config, arch)
+        name = format_name(parse_name(name))  # canonical spelling (aliases such as `kids` are accepted)
     name = name or format_name(ModelName(strategy, domain, arch["arch"], steps=steps))
     pretrained_cfg = {"input_size": (spec["channels"], spec["image_size"], spec["image_size"]),
                       "mean": tuple(spec["mean"]), "std": tuple(spec["std"]),

@@ -99,6 +99,35 @@ def write_matrix(folder: str | os.PathLike, arch: str = "r50") -> list[Path]:
     return written
 
 
+def base_arch(base: str) -> str:
+    """The architecture a base gives, known before anything is downloaded: a zoo name encodes it
+    (`moco-imagenet-r50`), a local folder's zoo.json records it."""
+    from zoo.names import parse_name
+
+    if Path(base).expanduser().exists():
+        import zoo
+        from .models import short_arch
+
+        details = zoo.info(base)
+        return details.get("arch") or short_arch(details.get("timm_arch") or details.get("architecture"))
+    return parse_name(base).arch
+
+
+def planned_arch(spec: dict) -> str:
+    """The architecture `run(spec)` would train (checked without training): the base's where there is one,
+    else the recipe's arch as the training config resolves it. Raises ConfigError when they disagree."""
+    from . import config as configuration
+    from .engine import check_base_arch
+
+    base = spec.get("base") if spec["strategy"] in ("base", "hpt", "hptbn") else None
+    if base:
+        arch = base_arch(base)
+        check_base_arch(spec["arch"], arch, base)
+        return arch
+    training = {**spec.get("training", {}), "arch": spec["arch"], "data": "planned"}
+    return configuration.resolve(None, training)["arch"]
+
+
 def _hop(config_overrides: dict, data: str, init: str | None, run_dir: Path, out: Path, name: str,
          evaluations=None) -> Path:
     from . import config as configuration
@@ -169,7 +198,7 @@ def run_base(target: str, base: str, out: str | os.PathLike, *, data: str | None
     spec = input_spec(source.domain, base_cfg=details["pretrained_cfg"], image_size=image_size, crop_pct=crop_pct)
     zoo.recalibrate_bn(model, eval_batches(source, spec, batch_size, max_images))
     trunk_sha = trunk_sha256(details)
-    name = name_of("base", domain, details.get("arch") or "mnv2")
+    name = name_of("base", domain, base_arch(base))
     with tempfile.TemporaryDirectory() as scratch:
         overlay = Path(scratch) / f"{domain}.safetensors"
         extract_bn(model, overlay, trunk_sha256=trunk_sha, domain=domain)
@@ -213,28 +242,34 @@ def run(spec: dict, out: str | os.PathLike, *, work: str | os.PathLike | None = 
         overrides: dict | None = None) -> Path:
     """Run one recipe (see `recipe`) and write its zoo checkpoint to `out`.
 
-    data: optional {domain: --data spec}; overrides: training keys to change (a CPU-sized run).
+    data: optional {domain: --data spec}; overrides: training keys to change (a CPU-sized run); the base
+    strategy reads image_size, crop_pct and bn_images (recalibrate on at most that many images; default all).
     """
     out = Path(out)
     data = data or {}
     strategy, target = spec["strategy"], spec["target"]
+    planned_arch(spec)  # a base of another arch than the recipe's is refused before any work
     if strategy == "base":
         training = {**spec.get("training", {}), **(overrides or {})}
         return run_base(target, spec["base"], out, data=data.get(target), image_size=training.get("image_size"),
-                        crop_pct=training.get("crop_pct"))
+                        crop_pct=training.get("crop_pct"), max_images=training.get("bn_images"))
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "bn_images"}
     work = Path(work) if work else out.parent / f".{out.name}.runs"
-    training = {**spec.get("training", {}), **(overrides or {})}
+    # the recipe's arch reaches the engine for every strategy (with a base, the engine checks they agree)
+    training = {**spec.get("training", {}), **(overrides or {}), "arch": spec["arch"]}
     init = spec.get("base") if strategy in ("hpt", "hptbn") else None
     if spec.get("source"):  # chain: base -> source -> target, each hop exported and recorded
         source = spec["source"]
         source_out = work / f"hop-{source}"
         if not (source_out / "zoo.json").exists():
             hop_config = {k: v for k, v in training.items() if k != "trainable"}
+            hop_config["domain"] = get_domain(source).name
             _hop(hop_config, data_spec(source, data.get(source)), init, work / f"run-{source}", source_out,
                  name_of("hpt", source, spec["arch"], steps=training.get("steps")))
             _lineage_through(init, source_out)
         init = str(source_out)
     name = spec.get("name") or name_of(strategy, target, spec["arch"], spec.get("source"))
+    training["domain"] = get_domain(target).name
     if strategy == "hptbn":
         exported = _hop(training, data_spec(target, data.get(target)), init, work / f"run-{target}",
                         work / "export", name)
@@ -247,6 +282,21 @@ def run(spec: dict, out: str | os.PathLike, *, work: str | os.PathLike | None = 
     return exported
 
 
+def with_overrides(spec: dict, *, arch: str | None = None, base: str | None = None) -> dict:
+    """A recipe with --arch / --base from the command line; its default name follows the new arch."""
+    from .models import short_arch
+
+    spec = dict(spec)
+    default_name = name_of(spec["strategy"], spec["target"], spec["arch"], spec.get("source"))
+    if arch:
+        spec["arch"] = short_arch(arch)
+    if base:
+        spec["base"] = base
+    if spec.get("name") in (None, default_name):
+        spec["name"] = name_of(spec["strategy"], spec["target"], spec["arch"], spec.get("source"))
+    return spec
+
+
 def main(args) -> int:
     import yaml
 
@@ -255,14 +305,13 @@ def main(args) -> int:
         print(f"wrote {len(paths)} recipes to {args.write_matrix}")
         return 0
     if args.recipe:
-        spec = yaml.safe_load(Path(args.recipe).read_text())
-        if args.base or args.arch:  # e.g. a small base for a quick run: the name follows the arch
-            spec.update({k: v for k, v in {"base": args.base, "arch": args.arch}.items() if v})
-            spec["name"] = name_of(spec["strategy"], spec["target"], spec["arch"], spec.get("source"))
+        spec = with_overrides(yaml.safe_load(Path(args.recipe).read_text()), arch=args.arch, base=args.base)
     else:
         if not (args.strategy and args.target):
             raise ValueError("pass --recipe FILE, or --strategy and --target")
-        spec = recipe(args.strategy, args.target, args.arch or "r50", args.source, args.steps, args.base)
+        # an explicitly named base decides the arch when none is asked for; else the study's r50
+        arch = args.arch or (base_arch(args.base) if args.base else "r50")
+        spec = recipe(args.strategy, args.target, arch, args.source, args.steps, args.base)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "image_size": args.image_size, "queue_size": args.queue_size,
                                    "device": args.device, "seed": args.seed}.items() if v is not None}

@@ -98,3 +98,7 @@ class UnpinnedRevisionWarning(UserWarning):
 
 class UnverifiedCheckpointWarning(UserWarning):
     """A local folder whose files cannot be checked (no zoo.json, or no hash recorded for a file)."""
+
+
+class NameMismatchError(ZooError, ValueError):
+    """A checkpoint name whose strategy, domain or architecture disagrees with what the checkpoint holds."""
