@@ -166,6 +166,25 @@ def test_offline_names_the_import_command_then_import_works(server, upstream_cat
     assert zoo_main(["import", "sup-imagenet-mnv2", str(downloaded)]) == 2  # not an upstream name
 
 
+def test_concurrent_first_loads_download_once_and_agree(server, upstream_catalog, r18):
+    """Four threads race on an uncached name: the file lock makes one download + conversion; all get the same model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, url = server
+    torch.save(moco_official(r18), root / "race.pth.tar")
+    cache = upstream_catalog({"moco-race-r18": _entry(url, "race.pth.tar", "moco")})
+    stale = cache / ".moco-race-r18.abc123xy.incomplete"  # what a killed download leaves behind
+    cache.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    _Files.gets.clear()
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: zoo.load("moco-race-r18"), range(4)))
+    assert _Files.gets == ["/race.pth.tar"]
+    for model in models:
+        _assert_model_is(model, r18)
+    assert not stale.exists() and sorted(p.name for p in cache.iterdir()) == [".locks", "moco-race-r18"]
+
+
 def test_http_error_and_unfetchable_entries_name_the_fix(server, upstream_catalog):
     _, url = server
     entries = {"gone": _entry(url, "missing.pth", "moco"),

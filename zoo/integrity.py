@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -78,7 +79,7 @@ _warned_read_only: set[str] = set()
 
 
 def _write_stamp(stamp: Path, signature: dict) -> None:
-    temporary = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+    temporary = stamp.with_name(f"{stamp.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps(signature))

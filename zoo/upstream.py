@@ -108,6 +108,7 @@ def ensure(entry: Entry) -> Path:
             raise NotCachedError(f"{entry.name} is not in the zoo cache ({folder(entry)}) and HF_HUB_OFFLINE is set. "
                                  f"{import_hint(entry)}")
         cache_root().mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(entry)
         handle, temporary = tempfile.mkstemp(prefix=f".{entry.name}.", suffix=".incomplete", dir=cache_root())
         os.close(handle)
         try:
@@ -115,6 +116,19 @@ def ensure(entry: Entry) -> Path:
             return _import_locked(entry, Path(temporary), source["url"])
         finally:
             Path(temporary).unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(entry: Entry) -> None:
+    """A killed download or conversion leaves `.<name>.<random>[.incomplete]`; we hold the name's lock, so any
+    such entry is stale. Links are unlinked, never followed."""
+    pattern = re.compile(rf"^\.{re.escape(entry.name)}\.[A-Za-z0-9_]{{6,12}}(\.incomplete)?$")
+    for path in cache_root().iterdir():
+        if not pattern.match(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _download(entry: Entry, url: str, target: Path) -> None:
@@ -127,7 +141,7 @@ def _download(entry: Entry, url: str, target: Path) -> None:
     http = sys.modules[type(session).__module__.split(".")[0]]  # the httpx flavour huggingface_hub uses
     written = 0
     try:
-        with session.stream("GET", url, follow_redirects=True, timeout=http.Timeout(10.0, read=120.0)) as response:
+        with session.stream("GET", url, follow_redirects=True, timeout=http.Timeout(5.0, read=120.0)) as response:
             if response.status_code != 200:
                 raise NotCachedError(f"{entry.name}: {url} answered HTTP {response.status_code}. {import_hint(entry)}")
             with open(target, "wb") as output:
@@ -176,7 +190,12 @@ def verify_source(entry: Entry, path: Path) -> dict:
 def import_file(entry: Entry, path: str | os.PathLike, url: str | None = None) -> Path:
     """`zoo import NAME FILE`: verify a downloaded source file, convert it into the cache, return the folder."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path} is not a file; give the path of the file you downloaded from "
+                                    f"{_source(entry).get('url')}")
     with _lock(entry):
+        cache_root().mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(entry)
         return _import_locked(entry, path, url or _source(entry).get("url"))
 
 
