@@ -1,0 +1,108 @@
+"""Two-view augmentation straight from encoded image bytes (the prepared format's rows), on the CPU.
+
+The same recipe as views.RECIPES (MoCo v2 / SimCLR: random-resized crop, colour jitter, grayscale,
+blur, flip), done the way the HPT study's OpenSelfSup pipeline did it -- PIL operations, with PIL's
+`ImageFilter.GaussianBlur(radius=sigma)` -- plus one saving that changes no distribution: the crop
+parameters of both views are drawn *before* decoding, and a JPEG is decoded at the coarsest DCT scale
+(PIL's `draft`, 1/2, 1/4, 1/8) at which both crops still have at least the output resolution. A
+1280x720 frame cropped to 224 px never needs its full-resolution pixels. Crop + resize is one PIL
+call (antialiased), on the decoded mode (a grayscale X-ray is replicated to RGB only at 224 px).
+Random numbers come from torch's generator, so StepBatches' per-image seeding
+makes views reproducible exactly as with views.view_transform.
+
+benchmarks/data_pipeline.py measures it against torchvision ImageFolder + DataLoader.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torchvision.transforms import v2
+
+from .views import RECIPES, InputSpec
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def crop_params(width: int, height: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) with torchvision RandomResizedCrop's distribution (10 tries, then a centre crop)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(*scale)
+        aspect = math.exp(_uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class EncodedViews:
+    """Callable: encoded bytes -> `views` normalised float tensors [spec.channels, size, size]."""
+
+    def __init__(self, spec: InputSpec, recipe: str | dict = "moco"):
+        self.spec = spec
+        self.params = dict(RECIPES[recipe]) if isinstance(recipe, str) else dict(recipe)
+        jitter = self.params["jitter"]
+        self.jitter = v2.ColorJitter(*jitter) if self.params["jitter_p"] > 0 else None
+        self.resample = _RESAMPLE.get(spec.interpolation, Image.BILINEAR)
+        self.mode = "L" if spec.channels == 1 else "RGB"
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1) * 255.0)
+
+    def __call__(self, encoded, views: int = 2) -> list[torch.Tensor]:
+        data = encoded.tobytes() if isinstance(encoded, np.ndarray) else bytes(encoded)
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            boxes = [crop_params(width, height, tuple(self.params["crop_scale"])) for _ in range(views)]
+            size = self.spec.image_size
+            smallest = min(min(h, w) for _, _, h, w in boxes)
+            reduce = 1
+            while reduce < 8 and smallest / (2 * reduce) >= size:
+                reduce *= 2
+            if reduce > 1 and image.format == "JPEG":
+                image.draft(image.mode if image.mode in ("L", "RGB") else "RGB",
+                            (math.ceil(width / reduce), math.ceil(height / reduce)))
+            scale_x, scale_y = image.size[0] / width, image.size[1] / height
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            if self.mode == "L" and image.mode == "RGB":
+                image = image.convert("L")
+        return [self._view(image, (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y))
+                for top, left, h, w in boxes]
+
+    def _view(self, image: Image.Image, box) -> torch.Tensor:
+        size, p = self.spec.image_size, self.params
+        # reducing_gap: an integer box-reduce first when shrinking by >= 3x (PIL: "indistinguishable from
+        # fair resampling in most cases"), then the antialiased resample
+        view = image.resize((size, size), self.resample, box=box, reducing_gap=3.0)
+        if view.mode != self.mode:  # a gray source for an RGB network: replicated after the resize, not before
+            view = view.convert(self.mode)
+        if self.jitter is not None and float(torch.rand(())) < p["jitter_p"]:
+            view = self.jitter(view)
+        if p["gray_p"] > 0 and self.mode == "RGB" and float(torch.rand(())) < p["gray_p"]:
+            view = view.convert("L").convert("RGB")
+        if p["blur_p"] > 0 and float(torch.rand(())) < p["blur_p"]:
+            view = view.filter(ImageFilter.GaussianBlur(radius=_uniform(0.1, 2.0)))
+        if p["flip_p"] > 0 and float(torch.rand(())) < p["flip_p"]:
+            view = view.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.array(view, dtype=np.uint8))
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        return (pixels.float() - self.mean) * self.inv_std
