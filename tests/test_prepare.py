@@ -156,3 +156,32 @@ def test_labelled_subset_covers_every_label_present_where_possible():
     assert len(chosen) == 20 and len(set(chosen.tolist())) == 20
     assert (labels[chosen].sum(0) > 0).sum() == (labels.sum(0) > 0).sum() and 17 in chosen
     assert len(labelled_subset(labels, 3, seed=0)) == 3  # fewer images than labels: rarest first, no error
+
+
+def test_encoded_views_are_seeded_sized_and_match_a_full_decode_crop(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from training.encoded_views import EncodedViews, crop_params
+    from training.views import InputSpec
+
+    photo = domain_layouts.photo(2, 0, size=640)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=95)
+    spec = InputSpec(3, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    views = EncodedViews(spec, {"crop_scale": (0.9, 1.0), "jitter": (0, 0, 0, 0), "jitter_p": 0.0, "gray_p": 0.0,
+                                "blur_p": 0.0, "flip_p": 0.0})
+    torch.manual_seed(5)
+    first = views(buffer.getvalue())
+    torch.manual_seed(5)
+    again = views(buffer.getvalue())
+    assert len(first) == 2 and first[0].shape == (3, 64, 64) and torch.equal(first[0], again[0])
+    torch.manual_seed(5)  # the same crop from a full-resolution decode: the DCT-scaled decode is close to it
+    top, left, h, w = crop_params(640, 640, (0.9, 1.0))
+    full = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").resize((64, 64), Image.BILINEAR,
+                                                                             box=(left, top, left + w, top + h))
+    reference = (torch.from_numpy(np.array(full)).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    assert (first[0] - reference).abs().mean() < 0.05  # < ~3 grey levels on average
+    gray = EncodedViews(InputSpec(1, 32, (0.5,), (0.25,)), "moco")(buffer.getvalue(), views=1)
+    assert gray[0].shape == (1, 32, 32)
