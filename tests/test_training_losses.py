@@ -116,9 +116,13 @@ def test_simclr_head_has_three_layers_with_bn_and_trains():
     model = SimCLR(_tiny_backbone(), 16, dim=4, hidden=8)
     assert len(model.encoder.head) == 3
     assert all(isinstance(block[1], torch.nn.BatchNorm1d) for block in model.encoder.head)
-    loss = model(torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2))
+    v1, v2 = torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)
+    loss = model(v1, v2)
     loss.backward()
-    assert math.isfinite(loss.item()) and model.encoder.backbone[1].weight.grad is not None
+    with torch.no_grad():  # the float64 reference on the embeddings of one BN pass over both views
+        z = F.normalize(model.encoder(torch.cat([v1, v2])).double(), dim=1)
+    assert loss.item() == pytest.approx(reference_nt_xent(z[:6], z[6:], model.temperature), rel=1e-5)
+    assert model.encoder.backbone[1].weight.grad.abs().sum() > 0 and model.encoder.head[2][0].weight.grad.abs().sum() > 0
 
 
 def test_parameter_groups_exclude_bn_and_bias_only_when_asked():

@@ -90,13 +90,16 @@ def test_offline_empty_cache_says_how_to_prefetch(hub_cache, offline):
         zoo.load(NAME)
 
 
-def test_offline_after_prefetch_and_hand_filled_cache(olah, hub_cache, monkeypatch, tmp_path):
+def test_offline_after_prefetch_and_hand_filled_cache(olah, hub_cache, monkeypatch, tmp_path, torchvision_mnv2):
     from huggingface_hub import constants
 
     assert subprocess.run([sys.executable, "-m", "zoo", "download", NAME], env=os.environ.copy(),
                           capture_output=True, text=True).returncode == 0
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert zoo.load(NAME, bn="animals") is not None
+    variant, reference_bn = zoo.load(NAME, bn="animals"), torchvision_mnv2.features[0][1]
+    assert torch.equal(variant.conv_stem.weight, torchvision_mnv2.features[0][0].weight)
+    assert variant.bn1.running_mean.shape == reference_bn.running_mean.shape
+    assert not torch.equal(variant.bn1.running_mean, reference_bn.running_mean)  # the animals statistics
     assert "sup-imagenet-mnv2" in zoo.card(NAME)
     # a cache filled by hand (refs/main + snapshots/<commit>/files), as an air-gapped site would
     entry, _ = resolve(NAME)
@@ -107,7 +110,9 @@ def test_offline_after_prefetch_and_hand_filled_cache(olah, hub_cache, monkeypat
     (snapshot.parents[1] / "refs" / "main").write_text(entry.revision)
     (snapshot / "model.safetensors").write_bytes(_blob(hub_cache).read_bytes())
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(manual))
-    assert zoo.load(NAME) is not None
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(zoo.load(NAME, num_classes=None)(x), torchvision_mnv2(x))
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -152,7 +157,7 @@ def test_server_with_wrong_bytes_is_refused(olah, hub_cache, tmp_path, monkeypat
         zoo.load("tampered-imagenet-mnv2")
 
 
-def test_sigkilled_download_leaves_nothing_trusted(olah, hub_cache):
+def test_sigkilled_download_leaves_nothing_trusted(olah, hub_cache, torchvision_mnv2):
     """Kill a download mid-transfer; a later load must verify from scratch and succeed."""
     child = subprocess.Popen([sys.executable, "-m", "zoo", "download", NAME], env=os.environ.copy(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -173,8 +178,9 @@ def test_sigkilled_download_leaves_nothing_trusted(olah, hub_cache):
     blob = blobs / weights_sha
     # a stamp exists only if the full file was hashed and matched
     assert not trusted or (blob.exists() and blob.stat().st_size == resolve(NAME)[0].file("model.safetensors")["size"])
-    model = zoo.load(NAME)
-    assert model is not None
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(zoo.load(NAME, num_classes=None)(x), torchvision_mnv2(x))
     from zoo.integrity import sha256_file
 
     assert sha256_file(_blob(hub_cache)) == weights_sha
