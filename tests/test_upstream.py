@@ -5,6 +5,7 @@ import functools
 import hashlib
 import http.server
 import json
+import re
 import threading
 import time
 
@@ -198,6 +199,19 @@ def test_http_error_and_unfetchable_entries_name_the_fix(server, upstream_catalo
         zoo.load("tf-only")
 
 
+def test_malformed_upstream_entries_are_catalog_errors(upstream_catalog):
+    from zoo.errors import CatalogError
+
+    upstream_catalog({"no-source": {"timm_arch": "resnet18"},
+                      "bad-url": _entry("file:///etc", "passwd", "moco"),
+                      "Esc..ape": _entry("http://127.0.0.1:9", "x.pth", "moco"),
+                      "bad-hash": _entry("http://127.0.0.1:9", "x.pth", "moco", sha256="../../etc")})
+    for name, problem in [("no-source", "a 'source' object"), ("bad-url", "source.url"),
+                          ("Esc..ape", "a name of lowercase"), ("bad-hash", "source.sha256")]:
+        with pytest.raises(CatalogError, match=re.escape(problem)):
+            zoo.load(name)
+
+
 def test_packaged_upstream_section_is_complete_and_honest():
     """The real entries: URL, converter, preprocessing matching the preset, what verifies them; loadable offline info."""
     from zoo.catalog import catalog
@@ -225,7 +239,7 @@ def test_packaged_upstream_section_is_complete_and_honest():
     assert zoo.info("mocov2-imagenet-r50-800ep")["name"] == "moco-imagenet-r50"
 
 
-def test_study_base_offline_says_import_and_url(offline, monkeypatch, tmp_path):
+def test_study_base_offline_says_import_and_url(offline, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("ZOO_HOME", str(tmp_path))
     started = time.perf_counter()
     with pytest.raises(NotCachedError) as raised:
@@ -234,3 +248,6 @@ def test_study_base_offline_says_import_and_url(offline, monkeypatch, tmp_path):
     assert "zoo import moco-imagenet-r50 /path/to/moco_v2_800ep_pretrain.pth.tar" in str(raised.value)
     assert "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar" in \
         str(raised.value)
+    assert zoo_main(["download", "moco-imagenet-r50"]) == 2
+    assert "zoo import moco-imagenet-r50" in capsys.readouterr().err
+    assert zoo_main(["verify", "moco-imagenet-r50"]) == 0 and "not converted" in capsys.readouterr().out

@@ -170,6 +170,17 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, content, mes
     assert not (tmp_path / "out").exists()
 
 
+def test_hostile_key_names_are_truncated_in_messages(tmp_path, r18):
+    state = dict(r18)
+    state["x" * 100_000] = torch.zeros(1)
+    with pytest.raises(CheckpointFormatError) as raised:
+        convert(_save(tmp_path, state), tmp_path / "out", timm_arch="resnet18", name="x", preprocessing="moco")
+    assert "unexpected keys: xxxx" in str(raised.value) and len(str(raised.value)) < 1000
+    with pytest.raises(CheckpointFormatError, match="non-text keys"):
+        convert(_save(tmp_path, {**r18, 7: torch.zeros(1)}, "ints.pth"), tmp_path / "out", timm_arch="resnet18",
+                name="x", preprocessing="moco")
+
+
 def test_truncated_zip_checkpoint(tmp_path, r18):
     source = _save(tmp_path, r18)
     source.write_bytes(source.read_bytes()[: source.stat().st_size // 2])

@@ -49,7 +49,7 @@ IMPLIED_PRESET = {"moco": "moco", "simclrv2-pytorch": "simclr"}
 
 
 def _show(keys, limit: int = 6) -> str:
-    keys = sorted(keys)
+    keys = sorted(str(k)[:80] for k in keys)  # hostile files can hold absurdly long key names
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
@@ -198,6 +198,9 @@ def extract_backbone(data: dict, source_format: str) -> tuple[dict, list[str]]:
     state = _state(data)
     if source_format == "plain":
         keys = list(state)
+        if not all(isinstance(k, str) for k in keys):
+            raise CheckpointFormatError(f"the state dict has non-text keys ({_show(k for k in keys if not isinstance(k, str))}); "
+                                        f"not a model's state dict")
         if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
             state = {k[len("module."):]: v for k, v in state.items()}
         return dict(state), []
@@ -405,8 +408,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, timm_arch: 
         model = _timm_model(timm_arch, head_classes, model_args)
     target = model.state_dict()
     if set(tensors) != set(target):
+        missing, unexpected = set(target) - set(tensors), set(tensors) - set(target)
         raise CheckpointFormatError(f"{source} ({layout}) does not fit {timm_arch}: "
-                                    f"{describe_key_mismatch(set(target) - set(tensors), set(tensors) - set(target))}")
+                                    f"{describe_key_mismatch(missing, {str(k)[:80] for k in unexpected})}")
     mapped = {key: conform(key, tensors[key], reference, str(source)) for key, reference in target.items()}
     import timm
 

@@ -34,13 +34,36 @@ def is_upstream(entry: Entry) -> bool:
 
 
 def find(text: str, section: dict) -> str | None:
-    """The upstream name for a name or one of its aliases."""
-    if text in section:
-        return text
-    for name, data in section.items():
-        if text in data.get("aliases", ()):
-            return name
-    return None
+    """The upstream name for a name or one of its aliases (entries are checked before use)."""
+    name = text if text in section else next((n for n, data in section.items() if isinstance(data, dict)
+                                              and isinstance(data.get("aliases"), list) and text in data["aliases"]), None)
+    if name is not None:
+        check_entry(name, section[name])
+    return name
+
+
+def check_entry(name: str, data) -> None:
+    """An upstream entry from a catalog (possibly a hostile ZOO_CATALOG): the fields the loader relies on."""
+    from .convert import FORMATS
+    from .errors import CatalogError
+
+    source = data.get("source") if isinstance(data, dict) else None
+    problems = [] if isinstance(data, dict) and isinstance(source, dict) else ["a 'source' object"]
+    if not problems:
+        if not isinstance(data.get("timm_arch"), str):
+            problems.append("timm_arch")
+        if not (isinstance(source.get("url"), str) and source["url"].startswith(("https://", "http://"))):
+            problems.append("source.url (http/https)")
+        if source.get("format") not in FORMATS:
+            problems.append(f"source.format (one of {', '.join(FORMATS)})")
+        for key in ("sha256", "md5_prefix"):
+            if source.get(key) is not None and not (isinstance(source[key], str) and re.fullmatch(r"[0-9a-f]{8,64}", source[key])):
+                problems.append(f"source.{key} (lowercase hex)")
+    if not _NAME.match(name) or ".." in name:
+        problems.append("a name of lowercase letters, digits, '-', '_', '.'")
+    if problems:
+        raise CatalogError(f"upstream entry {name[:80]!r} lacks {', '.join(problems)}; fix the catalog (the packaged "
+                           f"zoo/catalog.json or a file listed in ZOO_CATALOG)")
 
 
 def cache_root() -> Path:
@@ -54,14 +77,15 @@ def folder(entry: Entry) -> Path:
 
 
 def _source(entry: Entry) -> dict:
-    return entry.data.get("source", {})
+    source = entry.data.get("source")
+    return source if isinstance(source, dict) else {}
 
 
 def import_hint(entry: Entry) -> str:
     source = _source(entry)
     checksum = (f"sha256 {source['sha256']}" if source.get("sha256") else
                 f"md5 starting {source['md5_prefix']}" if source.get("md5_prefix") else "no published checksum")
-    how = source.get("how_to_get") or f"Download {source.get('url')} ({checksum})"
+    how = str(source.get("how_to_get") or f"Download {source.get('url')} ({checksum})")[:400]
     return (f"{how} on a machine with internet, copy it here, then run: "
             f"zoo import {entry.name} /path/to/{source.get('file', 'FILE')}")
 
