@@ -185,3 +185,24 @@ def test_encoded_views_are_seeded_sized_and_match_a_full_decode_crop(tmp_path):
     assert (first[0] - reference).abs().mean() < 0.05  # < ~3 grey levels on average
     gray = EncodedViews(InputSpec(1, 32, (0.5,), (0.25,)), "moco")(buffer.getvalue(), views=1)
     assert gray[0].shape == (1, 32, 32)
+
+
+def test_training_batches_from_a_prepared_set_use_encoded_views_and_are_reproducible(tmp_path):
+    from training.batches import StepBatches
+    from training.data import open_source
+    from training.encoded_views import EncodedViews, cpu_views
+    from training.views import input_spec
+
+    download = domain_layouts.build("domain_net_real", tmp_path / "download")
+    source = open_source(str(_quiet_prepare("domain_net_real", download, tmp_path / "prepared")), "train",
+                         cache=False)
+    spec = input_spec(source.domain, image_size=32)
+    transform = cpu_views(source, spec, "moco")
+    assert isinstance(transform, EncodedViews)
+    batches = StepBatches(source, transform, 4, seed=3)
+    first, second, indices = batches[5]
+    again = StepBatches(source, cpu_views(source, spec, "moco"), 4, seed=3)[5]
+    assert first.shape == second.shape == (4, 3, 32, 32) and not torch.equal(first, second)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1]) and torch.equal(indices, again[2])
+    cached = open_source(str(tmp_path / "prepared"), "train")  # small sets are decoded into memory: tensor views
+    assert not isinstance(cpu_views(cached, spec, "moco"), EncodedViews)

@@ -51,6 +51,11 @@ class StepBatches(Dataset):
                     # the CPU generator only (torch.manual_seed would also touch CUDA's, 10x slower)
                     torch.default_generator.manual_seed(
                         ((self.seed * _PRIME + step) * 65_537 + self.offset + slot) % (1 << 63))
+                    if getattr(self.transform, "takes_encoded", False):  # encoded_views: decode inside
+                        made = self.transform(self.images.encoded(index), views=self.views)
+                        first.append(made[0])
+                        second.extend(made[1:])
+                        continue
                     image = self.images.image(index)
                     first.append(self.transform(image))
                     if self.views == 2:

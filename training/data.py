@@ -65,6 +65,10 @@ class ImageSet:
             return self._reader(int(index))
         return to_chw(self.dataset[int(index)][self.image_column])
 
+    def encoded(self, index: int) -> np.ndarray:
+        """The image's encoded bytes (prepared sets only): a zero-copy slice of the mapped Arrow file."""
+        return self._reader.encoded(int(index))
+
     def labels(self) -> np.ndarray:
         if self.label_column is None:
             raise ValueError(f"{self.spec} ({self.split}) has no label column; evaluation needs labels")

@@ -53,8 +53,20 @@ def crop_params(width: int, height: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def cpu_views(source, spec: InputSpec, recipe):
+    """The CPU loader's augmentation for `source`: EncodedViews for a prepared (Arrow) set that is not
+    held decoded in memory, views.view_transform otherwise."""
+    from .views import view_transform
+
+    if getattr(source, "_array", None) is None and hasattr(getattr(source, "_reader", None), "encoded"):
+        return EncodedViews(spec, recipe)
+    return view_transform(spec, recipe)
+
+
 class EncodedViews:
     """Callable: encoded bytes -> `views` normalised float tensors [spec.channels, size, size]."""
+
+    takes_encoded = True  # StepBatches hands it the image's encoded bytes, not a decoded tensor
 
     def __init__(self, spec: InputSpec, recipe: str | dict = "moco"):
         self.spec = spec
@@ -88,6 +100,27 @@ class EncodedViews:
         return [self._view(image, (left * scale_x, top * scale_y, (left + w) * scale_x, (top + h) * scale_y))
                 for top, left, h, w in boxes]
 
+    def _jitter(self, view: Image.Image) -> Image.Image:
+        """torchvision's ColorJitter on a PIL image (same factor distributions, random order, the same PIL
+        operations), without its per-call dispatch; hue through one HSV array instead of split/merge."""
+        from PIL import ImageEnhance
+
+        brightness, contrast, saturation, hue = self.params["jitter"]
+        draws = torch.rand(4).tolist()
+        for op in torch.randperm(4).tolist():
+            if op == 0 and brightness > 0:
+                view = ImageEnhance.Brightness(view).enhance(1 - brightness + 2 * brightness * draws[0])
+            elif op == 1 and contrast > 0:
+                view = ImageEnhance.Contrast(view).enhance(1 - contrast + 2 * contrast * draws[1])
+            elif op == 2 and saturation > 0:
+                view = ImageEnhance.Color(view).enhance(1 - saturation + 2 * saturation * draws[2])
+            elif op == 3 and hue > 0 and view.mode == "RGB":
+                shift = np.int32((-hue + 2 * hue * draws[3]) * 255).astype(np.uint8)
+                hsv = np.array(view.convert("HSV"))
+                hsv[..., 0] += shift  # uint8 wrap-around = rotation of the hue circle, as torchvision does
+                view = Image.fromarray(hsv, "HSV").convert("RGB")
+        return view
+
     def _view(self, image: Image.Image, box) -> torch.Tensor:
         size, p = self.spec.image_size, self.params
         # reducing_gap: an integer box-reduce first when shrinking by >= 3x (PIL: "indistinguishable from
@@ -96,7 +129,7 @@ class EncodedViews:
         if view.mode != self.mode:  # a gray source for an RGB network: replicated after the resize, not before
             view = view.convert(self.mode)
         if self.jitter is not None and float(torch.rand(())) < p["jitter_p"]:
-            view = self.jitter(view)
+            view = self._jitter(view)
         if p["gray_p"] > 0 and self.mode == "RGB" and float(torch.rand(())) < p["gray_p"]:
             view = view.convert("L").convert("RGB")
         if p["blur_p"] > 0 and float(torch.rand(())) < p["blur_p"]:

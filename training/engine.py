@@ -28,6 +28,7 @@ from .moco import MoCo
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr, step_lr
 from .simclr import SimCLR
 from .device_views import BatchedViews, raw_transform
+from .encoded_views import cpu_views
 from .views import InputSpec, input_spec, view_transform
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: schedulers read it as "requeue me"
@@ -246,8 +247,10 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         batches = make_batches(setup.source, raw_transform(setup.spec), config["batch_size"], config["seed"], rank,
                                world, views=1)
     else:
-        batches = make_batches(setup.source, view_transform(setup.spec, config["augment"]), config["batch_size"],
-                               config["seed"], rank, world, views=views)
+        transform = (cpu_views(setup.source, setup.spec, config["augment"]) if make_batches is StepBatches
+                     else view_transform(setup.spec, config["augment"]))  # prepared sets: decode-aware views
+        batches = make_batches(setup.source, transform, config["batch_size"], config["seed"], rank, world,
+                               views=views)
     monitor = _knn_monitor(config, setup) if config["knn_every"] else None
     resume = _open_run_dir(run_dir, config)
     if world > 1:  # every rank inspects the run dir before rank 0 writes to it (else a rank may see half of it)
