@@ -216,3 +216,9 @@ def test_cli_convert_error_paths_exit_2_and_write_nothing(tmp_path, r18, capsys)
     assert zoo_main(["convert", str(source), str(tmp_path / "ok"), "--arch", "r18", "--url",
                      "https://example.org/moco.pth.tar"]) == 0
     assert zoo.info(tmp_path / "ok")["source_checkpoint"]["url"] == "https://example.org/moco.pth.tar"
+    hpt = _save(tmp_path, openselfsup_moco(r18), "epoch_100.pth")
+    assert zoo_main(["convert", str(hpt), str(tmp_path / "hpt"), "--arch", "r18"]) == 2  # preprocessing unknown
+    assert "--preprocessing" in capsys.readouterr().err and not (tmp_path / "hpt").exists()
+    assert zoo_main(["convert", str(hpt), str(tmp_path / "hpt"), "--arch", "r18", "--preprocessing", "hpt:kids",
+                     "--format", "openselfsup-moco", "--domain", "chest_xray_kids"]) == 0
+    assert zoo.preprocessing(tmp_path / "hpt")["mean"] == [0.4815] * 3

@@ -9,6 +9,12 @@ later). ``zoo.load(name)`` downloads the file (huggingface_hub's HTTP session), 
 converts it with :func:`zoo.convert.convert` (``weights_only=True``: no code from the file ever
 runs) into ``$ZOO_HOME/upstream/<name>/`` under a file lock, and loads that folder. Offline,
 ``zoo import NAME FILE`` does the same with a file the user downloaded elsewhere.
+
+Checksums are recorded only as published. OpenSelfSup's release names carry an 8-hex suffix
+(``moco_r50_v2-e3b0c442.pth``) that is *not* a checksum of the file: ``tools/publish_model.py``
+starts ``cp`` without waiting and hashes the still-empty copy, and e3b0c442 is sha256 of nothing.
+The HPT authors' README lists MoCo v2 200/800 ep and SimCLR v1/v2 as the releases they build on
+(all entries here); it lists no HPT-trained checkpoint, so none is catalogued.
 """
 from __future__ import annotations
 
