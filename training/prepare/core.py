@@ -235,6 +235,9 @@ def write_prepared(plan: Plan, domain, download: Path, out: Path, *, on_bad: str
     label_key = "labels" if plan.multi_label else "label"
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    scratch.chmod(0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
     started = time.time()
     try:
         rng = np.random.default_rng(DEFAULT_SEED)
