@@ -51,6 +51,14 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()))
 
 
+def gather_ints(value: int) -> list[int]:
+    """One integer from every rank, in rank order (a plain list in one process)."""
+    if not is_distributed():
+        return [int(value)]
+    parts = gather_no_grad(torch.tensor([int(value)], dtype=torch.int64))
+    return [int(v) for v in parts.tolist()]
+
+
 def broadcast_(tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, source)

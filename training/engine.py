@@ -4,6 +4,19 @@ Resume is exact on CPU: the schedule is a function of the step, the data a step 
 of (seed, step) (training.batches), and a checkpoint holds the model (query + key encoders, heads,
 MoCo queue, BN statistics), the optimizer state and the torch RNG state (which MoCo's key-batch
 shuffle draws from). numpy and Python `random` are not used by the loop.
+
+Several processes and machines (torchrun + DDP). Which rank decides what:
+- global rank (training.dist.rank(), RANK): the data shard of a step (its slice of the global batch), the
+  seed of on-device augmentation, and every file: only global rank 0 writes config.yaml, metrics.jsonl,
+  checkpoints and the kNN log (never each node's local rank 0). Export and evaluation run afterwards, in
+  one process, from the run directory.
+- all ranks together: the MoCo queue (keys gathered from every rank, so it is identical everywhere), the
+  shuffle-BN permutation (drawn on rank 0, broadcast), SIGTERM and non-finite-loss flags (all-reduced, so
+  one preempted node stops every node at the same step with one checkpoint), the resume step (every rank
+  must see the same newest checkpoint: the run directory is on shared storage) and, at each checkpoint, a
+  digest of the weights every replica must share (a divergence is an error, never a saved state).
+- local rank (LOCAL_RANK): only the CUDA device a process uses.
+batch_size is the global batch; a run resumes on any process count that divides it.
 """
 from __future__ import annotations
 
@@ -221,10 +234,56 @@ def _open_run_dir(run_dir: Path, config: dict) -> dict | None:
     if latest is None:
         return None
     state = runfiles.load_checkpoint(latest[1])
-    if state["world_size"] != dist.world_size():
-        raise ConfigError(f"{latest[1]} was written by {state['world_size']} processes; resume with the same count")
+    # batch_size is the global batch and each step's images and CPU augmentations depend only on their position
+    # in it, so a run may resume on another number of processes as long as they split the batch evenly
+    if config["batch_size"] % dist.world_size():
+        raise ConfigError(f"{latest[1]} trained with a global batch of {config['batch_size']} on "
+                          f"{state['world_size']} processes; {dist.world_size()} processes cannot split it evenly. "
+                          f"Resume on a process count that divides {config['batch_size']}")
     state["path"] = latest[1]
     return state
+
+
+def _agree_on_resume_step(resume: dict | None, run_dir: Path) -> None:
+    """Every rank must resume from the same checkpoint: a run directory on node-local disk (or a node that
+    cannot see the newest file yet) would otherwise silently train replicas from different states."""
+    steps = dist.gather_ints(resume["step"] if resume else -1)
+    if len(set(steps)) > 1:
+        seen = ", ".join(f"rank {rank}: {'no checkpoint' if step < 0 else f'step {step}'}"
+                         for rank, step in enumerate(steps))
+        raise ConfigError(f"the processes see different checkpoints in {run_dir} ({seen}). The run directory must "
+                          f"be on storage shared by every node (the same path on each), fully written before resuming")
+
+
+# BatchNorm running statistics are per-process under DDP (each replica normalises its own batch, and DDP
+# broadcasts the query encoder's from rank 0 at the next forward); everything else must agree bit for bit
+_PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def replica_digest(state: dict) -> int:
+    """A 63-bit digest of the part of a method's state_dict that every replica must share (parameters and
+    non-BN buffers such as the MoCo queue or PIC's instance weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        if name.rsplit(".", 1)[-1] in _PER_RANK_BUFFERS:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(digest.digest()[:8], "big") >> 1
+
+
+class ReplicaDivergenceError(RuntimeError):
+    """Two processes of one run hold different weights: a bug (or a faulty node), never a state to save."""
+
+
+def _checked_replica_digests(method: torch.nn.Module, step: int) -> list[int]:
+    digests = dist.gather_ints(replica_digest(method.state_dict()))
+    if len(set(digests)) > 1:
+        raise ReplicaDivergenceError(f"at step {step} the processes hold different weights (digests "
+                                     f"{[hex(d) for d in digests]}); the last good checkpoint is kept")
+    return digests
 
 
 def pretrain(config: dict, run_dir: str | Path) -> Path:
@@ -254,6 +313,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     monitor = _knn_monitor(config, setup) if config["knn_every"] else None
     resume = _open_run_dir(run_dir, config)
     if world > 1:  # every rank inspects the run dir before rank 0 writes to it (else a rank may see half of it)
+        _agree_on_resume_step(resume, run_dir)
         dist.barrier()
     start, last_good = 0, None
     if resume:
@@ -261,6 +321,8 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         optimizer.load_state_dict(resume["optimizer"])
         start, last_good = resume["step"], resume["path"]
     metrics = runfiles.MetricsLog(run_dir, enabled=rank == 0)
+    if resume and resume["world_size"] != world:
+        metrics.write(step=start, event="resumed", world_size=world, world_size_before=int(resume["world_size"]))
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         runfiles.write_config(run_dir, config)
@@ -337,9 +399,12 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
                 dist.barrier()
                 window_start = time.perf_counter()
             if done % config["checkpoint_every"] == 0 or done == total or flags[1]:
+                digests = _checked_replica_digests(method, done) if world > 1 else None
                 if rank == 0:
-                    path = runfiles.save_checkpoint(run_dir, done, _state(done, setup, optimizer),
-                                                    config["keep_checkpoints"])
+                    state = _state(done, setup, optimizer)
+                    if digests:
+                        state["replica_digests"] = torch.tensor(digests, dtype=torch.int64)
+                    path = runfiles.save_checkpoint(run_dir, done, state, config["keep_checkpoints"])
                 dist.barrier()
                 path = runfiles.checkpoint_path(run_dir, done)
                 last_good = path
