@@ -1,0 +1,115 @@
+"""The training loop's bookkeeping on one short real run: the lr each step used, the metrics windows,
+which checkpoints are kept and what they hold, resuming a finished run, the run-dir refusals, and
+the small device/precision/signal helpers."""
+from __future__ import annotations
+
+import math
+import signal
+
+import pytest
+import torch
+
+from training import runfiles
+from training.config import ConfigError, resolve
+from training.engine import (_all_ranks_flags, _autocast, _SigtermFlag, apply_memory_format, check_base_arch,
+                             pick_device, pretrain)
+from training.optim import cosine_lr
+
+CONFIG = dict(method="moco", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, steps=5, lr=0.2,
+              lr_scaling="none", warmup_steps=2, queue_size=40, proj_hidden=32, ema_momentum=0.9, log_every=2,
+              checkpoint_every=2, keep_checkpoints=2, progress=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("engine") / "run"
+    config = resolve({}, dict(CONFIG))
+    final = pretrain(dict(config), run)
+    return run, config, final
+
+
+def test_metrics_rows_are_windows_with_the_lr_of_their_last_step(finished_run):
+    run, config, _ = finished_run
+    rows = [row for row in runfiles.read_metrics(run) if "loss" in row]
+    assert [row["step"] for row in rows] == [2, 4, 5]  # every log_every steps and the last one
+    for row in rows:  # the lr the row's last step trained with: warm-up 0.1, 0.2, then cosine
+        assert row["lr"] == pytest.approx(cosine_lr(row["step"] - 1, 5, 0.2, 2))
+        assert row["images_per_s"] > 0 and 0 < row["loss"] < 20
+    assert rows[0]["lr"] == pytest.approx(0.2) and rows[-1]["lr"] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
+def test_checkpoints_every_n_and_last_keep_the_newest_two(finished_run):
+    run, config, final = finished_run
+    assert [step for step, _ in runfiles.list_checkpoints(run)] == [4, 5]
+    assert final == runfiles.checkpoint_path(run, 5)
+    state = runfiles.load_checkpoint(final)
+    assert state["step"] == 5 and state["world_size"] == 1 and state["config"] == config
+    assert state["arch"] == {"arch": "r18", "timm_arch": "resnet18", "model_args": state["arch"]["model_args"],
+                             "num_features": 512}
+    assert state["spec"]["image_size"] == 32 and state["spec"]["channels"] == 1
+    assert set(state["rng"]) >= {"torch", "python", "numpy"}
+    assert len(state["optimizer"]["state"]) > 0  # momentum buffers were saved
+    assert int(state["method"]["queue_ptr"]) == 5 * 16 % 40
+    assert runfiles.read_config(run) == config
+
+
+def test_rerunning_a_finished_run_returns_its_last_checkpoint_untouched(finished_run):
+    run, config, final = finished_run
+    before = final.stat().st_mtime_ns
+    assert pretrain(dict(config), run) == final
+    assert final.stat().st_mtime_ns == before
+    assert [row["step"] for row in runfiles.read_metrics(run) if "loss" in row] == [2, 4, 5]
+
+
+def test_run_dir_refusals(finished_run, tmp_path):
+    run, config, _ = finished_run
+    with pytest.raises(ConfigError, match=r"holds a run with a different recipe \(changed: lr\); use a new run "
+                                          r"directory or the same settings to resume"):
+        pretrain(resolve({}, dict(CONFIG, lr=0.3)), run)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is not empty and is not a training run; choose a new run directory"):
+        pretrain(dict(config), other)
+
+
+def test_device_and_precision_choices(monkeypatch):
+    assert pick_device({"device": "cpu"}) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device({"device": "auto"}) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="^device=cuda but CUDA is not available$"):
+        pick_device({"device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device({"device": "auto"}) == torch.device("cuda", 1)
+    cpu = torch.device("cpu")
+    assert isinstance(_autocast(cpu, {"amp": "auto"}), type(__import__("contextlib").nullcontext()))
+    with _autocast(cpu, {"amp": "bf16"}):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with _autocast(cpu, {"amp": "off"}):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert _all_ranks_flags(True, False) == (True, False) and _all_ranks_flags(False, True) == (False, True)
+
+
+def test_base_arch_conflicts_are_refused():
+    check_base_arch(None, "r50", "sup-imagenet-r50")
+    check_base_arch("r50", "r50", "sup-imagenet-r50")
+    with pytest.raises(ConfigError) as caught:
+        check_base_arch("r18", "r50", "sup-imagenet-r50")
+    assert str(caught.value) == ("arch 'r18' was asked for, but the base sup-imagenet-r50 is a 'r50' checkpoint; "
+                                 "pass arch 'r50' (or leave it out), or start from a 'r18' base")
+
+
+def test_sigterm_flag_catches_and_restores_the_handler():
+    previous = signal.getsignal(signal.SIGTERM)
+    with _SigtermFlag() as flag:
+        assert not flag.requested
+        signal.raise_signal(signal.SIGTERM)
+        assert flag.requested
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_channels_last_layout_only_when_asked():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    assert apply_memory_format(conv, False) is conv and conv.weight.is_contiguous()
+    assert apply_memory_format(conv, True).weight.is_contiguous(memory_format=torch.channels_last)
