@@ -42,12 +42,19 @@ MODULES: dict[str, list[str]] = {
     "training/optim.py": [T + "test_training_losses.py", T + "test_optim_strength.py"],
     "training/simclr.py": [T + "test_training_losses.py", T + "test_methods_strength.py"],
     "training/moco.py": [T + "test_training_losses.py", T + "test_survivors_training.py",
-                         T + "test_methods_strength.py", "-k", "not real_run"],
+                         T + "test_methods_strength.py", "-k", "not real_run and not two_gloo_ranks"],
     "training/evaluate.py": [T + "test_training_eval.py", T + "test_survivors_training.py",
                              T + "test_evaluate_strength.py", "-k", "not real_run and not evaluate_cli"],
     "training/engine.py": [T + "test_survivors_training.py::test_real_run_enqueues_every_steps_keys",
                            T + "test_engine_strength.py", T + "test_training_run.py",
                            "-k", "not sigterm and not simclr_short_run"],
+}
+
+# Tests whose work happens in spawned processes (two gloo ranks): mutmut records which functions a test
+# reaches only inside its own process, so it reports the mutants they cover as "no tests". This script
+# runs these tests on each such mutant itself (MUTANT_UNDER_TEST selects it in every process).
+SPAWNED: dict[str, list[str]] = {
+    "training/moco.py": [T + "test_methods_strength.py::test_two_gloo_ranks_shuffle_bn_global_queue_and_global_negatives"],
 }
 
 
@@ -117,19 +124,63 @@ def run_module(module: str, work_root: Path, max_children: int) -> dict:
     stats = json.loads(stats_file.read_text())
     undetected = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
                   if line.strip().endswith(("survived", "no tests"))]
-    caught = stats["killed"] + stats["timeout"]
+    not_reached = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
+                   if line.strip().endswith("no tests")]
+    killed_spawned = spawned_kills(work, module, not_reached)
+    undetected = [name for name in undetected if name not in killed_spawned]
+    caught = stats["killed"] + stats["timeout"] + len(killed_spawned)
     score = caught / stats["total"] if stats["total"] else 1.0
     OUT.mkdir(parents=True, exist_ok=True)
     report = [f"{module}: {caught}/{stats['total']} caught ({score:.1%}); {stats['survived']} survived, "
-              f"{stats['no_tests']} not reached by the selected tests; {minutes:.1f} min",
-              f"tests: {' '.join(MODULES[module])}", ""]
+              f"{stats['no_tests'] - len(killed_spawned)} not reached by the selected tests; {minutes:.1f} min",
+              f"tests: {' '.join(MODULES[module])}",
+              f"killed by spawned-process tests ({' '.join(SPAWNED.get(module, []))}): {len(killed_spawned)}", ""]
     for name in undetected:
         diff = [line for line in mutmut(work, "show", name).splitlines()
                 if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
         report += [f"## {name}", *diff, ""]
     (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
     return {"module": module, "caught": caught, "total": stats["total"], "score": score,
-            "survived": stats["survived"], "no_tests": stats["no_tests"], "minutes": minutes}
+            "survived": stats["survived"], "no_tests": stats["no_tests"] - len(killed_spawned), "minutes": minutes}
+
+
+def spawned_kills(work: Path, module: str, names: list[str]) -> list[str]:
+    tests = SPAWNED.get(module)
+    if not tests or not names:
+        return []
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    # one process runs the tests on every mutant in turn (importing torch once), from the mutated copy
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run-spawned", *tests, "--", *names],
+                          cwd=work / "mutants", env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{module}: spawned-process tests failed to run:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_spawned(tests: list[str], names: list[str]) -> list[str]:
+    """In the mutated copy: call each test (taking only tmp_path) with each mutant active; a failure kills it."""
+    import importlib
+    import tempfile
+
+    sys.path.insert(0, os.getcwd())
+    functions = []
+    for test in tests:
+        path, function = test.split("::")
+        functions.append(getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function))
+
+    def fails(mutant: str) -> bool:
+        os.environ["MUTANT_UNDER_TEST"] = mutant
+        for function in functions:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    function(Path(tmp))
+                except Exception:  # an assertion, or the mutant crashing the code under test
+                    return True
+        return False
+    if fails(""):  # the unmutated code must pass, or a failure says nothing about a mutant
+        raise SystemExit(f"{tests} fail without a mutant")
+    return [name for name in names if fails(name)]
 
 
 def main(argv=None) -> int:
@@ -139,7 +190,11 @@ def main(argv=None) -> int:
                         help="scratch folder for the mutated copies")
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print each module's test selection and exit")
+    parser.add_argument("--run-spawned", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.run_spawned:  # internal: --run-spawned TEST... -- MUTANT... (the mutants land in `modules`)
+        print(json.dumps(run_spawned(args.run_spawned, args.modules)))
+        return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")

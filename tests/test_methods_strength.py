@@ -95,12 +95,11 @@ def _two_ranks(rank: int, init_file: str, results: str):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_two_gloo_ranks_shuffle_bn_global_queue_and_global_negatives(tmp_path):
     import torch.multiprocessing as mp
 
     mp.start_processes(_two_ranks, args=(str(tmp_path / "init"), str(tmp_path / "rank")), nprocs=2,
-                       start_method="spawn")
+                       start_method="fork")  # fork: no re-import of torch per rank
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)
     reference = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=20, bn_splits=4).eval()
@@ -126,3 +125,24 @@ def test_two_gloo_ranks_shuffle_bn_global_queue_and_global_negatives(tmp_path):
     assert float(ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(float(whole), rel=1e-5)
     (2 * whole).backward()
     torch.testing.assert_close(torch.cat([ranks[0]["grad"], ranks[1]["grad"]]), z1.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_reset_key_encoder_copies_the_query_encoder():
+    torch.manual_seed(0)
+    moco = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=16)
+    with torch.no_grad():
+        for p in moco.query.parameters():
+            p.add_(1.0)
+        moco.query.backbone[2].running_mean.add_(2.0)
+    moco.reset_key_encoder()
+    key, query = moco.key.state_dict(), moco.query.state_dict()
+    assert key.keys() == query.keys() and all(torch.equal(key[k], query[k]) for k in key)
+    assert not any(p.requires_grad for p in moco.key.parameters())
+
+
+def test_after_backward_before_any_forward_enqueues_nothing():
+    torch.manual_seed(0)
+    moco = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=16)
+    queue = moco.queue.clone()
+    moco.after_backward()
+    assert int(moco.queue_ptr) == 0 and torch.equal(moco.queue, queue)
