@@ -64,6 +64,7 @@ def test_official_layout_prepares_trains_and_evaluates(domain, base_available, t
     trained = zoo.info(out)
     assert trained["domain"] == domain and trained["steps"] == 2
     assert trained["lineage"][-2]["name"] == BASE
+    assert trained["data"]["prepared_sha256"] == manifest["splits"]["train"]["sha256"]  # what it trained on
 
     for protocol, options in EVAL.items():
         record_file = tmp_path / f"{protocol}.json"

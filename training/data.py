@@ -86,7 +86,7 @@ class ImageSet:
         if self.manifest:  # what exactly was trained on: the prepared split's content hash and preparer
             split = self.manifest["splits"].get(self.split, {})
             described.update(prepared_sha256=split.get("sha256"), preparer_version=self.manifest["preparer_version"],
-                             label_names=self.manifest["label_names"])
+                             labels=self.manifest["num_classes"])
         return described
 
 
