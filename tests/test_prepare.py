@@ -88,6 +88,9 @@ def test_prepared_data_opens_three_ways_and_records_what_was_read(tmp_path, monk
     out = _quiet_prepare("pascal", download, tmp_path / "data" / "pascal")
     monkeypatch.setenv("ZOO_DATA", str(tmp_path / "data"))
     assert data_spec("pascal") == str(out)
+    from training.offline_sets import DataNotFoundError
+    with pytest.raises(DataNotFoundError, match="holds prepared 'pascal' data, not 'coco_2014'"):
+        data_spec("coco_2014", str(out))  # a recipe for one domain never trains on another's prepared data
     train = open_source(data_spec("pascal"), "train", cache=False)
     assert train.multi_label and train.num_classes == 20 and train.domain.name == "pascal"
     reread = datasets.load_from_disk(str(out))  # also a plain `datasets` folder

@@ -42,15 +42,22 @@ def data_root() -> Path:
 
 
 def data_spec(domain: str, data: str | None = None) -> str:
-    """Where a domain's images are: an explicit --data, an offline set, or $ZOO_DATA/<domain>."""
+    """Where a domain's images are: an explicit --data, an offline set, or $ZOO_DATA/<domain>. A prepared
+    folder must hold this domain's data (a recipe for chexpert never trains on prepared pascal)."""
+    from .prepare.core import read_manifest
+
     name = get_domain(domain).name
-    if data:
-        return data
-    if name in LOADERS:
-        return name
     folder = data_root() / name
-    if folder.is_dir() and any(folder.iterdir()):
-        return str(folder)
+    chosen = data or (name if name in LOADERS else None)
+    if chosen is None and folder.is_dir() and any(folder.iterdir()):
+        chosen = str(folder)
+    if chosen and Path(chosen).expanduser().is_dir():
+        manifest = read_manifest(Path(chosen).expanduser())
+        if manifest and manifest["domain"] != name:
+            raise DataNotFoundError(f"{chosen} holds prepared {manifest['domain']!r} data, not {name!r}; prepare "
+                                    f"{name} with: python -m training prepare {name} <download> --out <folder>")
+    if chosen:
+        return chosen
     info = DOMAINS[name]
     raise DataNotFoundError(
         f"no data for domain {name!r} ({info.title}) at {folder}. {info.obtain.rstrip('.')} --out {folder} "
