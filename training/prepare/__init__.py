@@ -23,6 +23,8 @@ PREPARERS = {
        for style in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")},
 }
 
+OPTIONS = {"chexpert": ("uncertain",), "xview": ("chip",)}  # per-domain settings beyond seed/on_bad/workers
+
 __all__ = ["PREPARERS", "PREPARER_VERSION", "MANIFEST", "PrepareError", "PartialDownloadWarning", "prepare",
            "read_manifest", "default_out"]
 
@@ -39,6 +41,10 @@ def prepare(domain: str, download: str | os.PathLike, out: str | os.PathLike | N
     info = get_domain(domain)
     if info.name not in PREPARERS:
         raise ValueError(f"no preparer for {info.name!r}; prepare one of: {', '.join(PREPARERS)}")
+    unknown = sorted(set(options) - set(OPTIONS.get(info.name, ())))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for {info.name}; it takes "
+                         f"{', '.join(OPTIONS.get(info.name, ())) or 'none'}")
     download = Path(download).expanduser().absolute()
     if not download.is_dir():
         raise PrepareError(f"download folder {download} does not exist. {info.obtain}")
