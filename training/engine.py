@@ -98,10 +98,18 @@ def _builders() -> dict:
     define, besides forward/after_backward/trainable_module/set_runner: `views` (1 or 2 views per image),
     `uses_indices` (forward gets the batch's dataset indices), `begin_step(step, lr)` and
     `make_batches(...)` (its own step -> images mapping, e.g. PIC's sliding window)."""
-    from . import pic, rotation, supervised
+    from . import distill, pic, rotation, selftrain, supervised
 
     return {"moco": _build_moco, "simclr": _build_simclr, "pic": pic.build, "supervised": supervised.build,
-            "rotation": rotation.build}
+            "rotation": rotation.build, "selftrain_student": selftrain.build_student,
+            "distill_finetune": distill.build_finetune, "distill_student": distill.build_student}
+
+
+def _chains() -> dict:
+    """Methods that run as a chain of engine runs (training.phases): method -> run(config, run_dir)."""
+    from . import distill, selftrain
+
+    return {"selftrain": selftrain.run, "distill": distill.run}
 
 
 def build_method(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
@@ -289,6 +297,9 @@ def _checked_replica_digests(method: torch.nn.Module, step: int) -> list[int]:
 def pretrain(config: dict, run_dir: str | Path) -> Path:
     """Train (or resume) into run_dir; returns the final checkpoint path."""
     run_dir = Path(run_dir)
+    chain = _chains().get(config["method"])
+    if chain:
+        return chain(config, run_dir)
     setup = prepare(config)
     dist.init_from_env(setup.device)
     rank, world = dist.rank(), dist.world_size()

@@ -16,7 +16,8 @@ from .runfiles import atomic_write_bytes
 HEADS_FILE = "heads.safetensors"
 _PREFIX = {"moco": ("query.backbone.", "query.head."), "simclr": ("encoder.backbone.", "encoder.head."),
            "pic": ("encoder.backbone.", "encoder.head."), "rotation": ("encoder.backbone.", "encoder.head."),
-           "supervised": ("model.backbone.", "model.head.")}
+           "supervised": ("model.backbone.", "model.head."), "selftrain": ("model.backbone.", "model.head."),
+           "distill": ("model.backbone.", "model.head.")}
 # method -> zoo strategy (zoo.names.STRATEGIES) when the name is not the method's own
 _STRATEGY = {"supervised": "sup"}
 
@@ -84,6 +85,7 @@ def export(run_dir: str | Path, out_dir: str | Path, step: int | None = None, he
     if state.get("init"):
         init = {k: v for k, v in state["init"].items() if k != "pretrained_cfg"}
         lineage.append({"role": "base", **init})
+    lineage += state.get("lineage", [])  # a chain's phases (training.phases): teachers, initialisation
     lineage.append({"role": "target", "name": name, "domain": domain, "method": config["method"], "steps": steps,
                     "sha256": _sha_of(weights)})
     data = {**state["data"], "images_seen": steps * config["batch_size"]}

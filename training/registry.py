@@ -6,7 +6,7 @@ another method is refused with the method it belongs to. Plain data only: config
 """
 from __future__ import annotations
 
-METHODS = ("moco", "simclr", "pic", "rotation", "supervised")  # grows as methods land: rotation, supervised, selftrain, distill
+METHODS = ("moco", "simclr", "pic", "rotation", "supervised", "selftrain", "distill")  # grows as methods land: rotation, supervised, selftrain, distill
 
 # method -> {key: default} for keys only that method reads
 METHOD_KEYS = {
@@ -19,6 +19,7 @@ METHOD_KEYS = {
                    "head_lr_scale": 1.0},  # the head's lr = lr x this (fine-tuning: 100)
     "rotation": {},
     "selftrain": {"labels": 1000,  # labelled images (class-covering subset); the rest are unlabelled
+                  "unlabeled_images": 0,  # 0 = every other training image; else a fixed random subset
                   "teacher": None,  # zoo name/folder the teacher starts from (default: random init)
                   "teacher_steps": 0,  # 0 = steps (the teacher phase as long as a student phase)
                   "iterations": 1,  # student rounds; student i teaches round i+1
@@ -28,7 +29,7 @@ METHOD_KEYS = {
                   "unlabeled_ratio": 1,  # unlabelled:labelled images per batch (loss weight too)
                   "label_smoothing": 0.1, "dropout": 0.2, "drop_path": 0.2, "randaugment_ops": 2,
                   "randaugment_magnitude": 9},
-    "distill": {"teacher": None,  # a SimCLR run dir / exported folder; None = pretrain one in phase 1
+    "distill": {"teacher": None,  # a SimCLR run directory; None = pretrain one in the chain's first phase
                 "label_fraction": 0.1,  # 1% or 10% in the paper
                 "finetune_steps": 0,  # 0 = steps
                 "distill_temperature": 1.0, "distill_labeled_weight": 0.0,  # optional labelled CE on top

@@ -23,6 +23,7 @@ STRATEGIES = {
     "pic": "Parametric Instance Classification",
     "selftrain": "Noisy-Student self-training",
     "rotation": "rotation-prediction pretext task (a self-supervised baseline)",
+    "distill": "SimCLR v2 semi-supervised: fine-tuned on a label fraction, distilled into a student",
     "hpt": "hierarchical pretraining: MoCo v2 continued from a base on the target",
     "hptbn": "HPT training only BatchNorm parameters (a BN overlay on the base trunk)",
     "base": "the base trunk with BatchNorm statistics recalibrated on the target (a BN overlay)",
