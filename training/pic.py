@@ -190,12 +190,12 @@ class LazyRows(nn.Module):
             self.velocity.index_copy_(0, chunk, velocity)
             self.updated_to.index_fill_(0, chunk, self.steps)
 
-    def get_extra_state(self):  # the lr of every step so far: the decay products are rebuilt from it
-        return {"lrs": torch.tensor(self.products.lrs, dtype=torch.float64)}
+    def get_extra_state(self) -> torch.Tensor:  # the lr of every step so far: the decay products are rebuilt from it
+        return torch.tensor(self.products.lrs, dtype=torch.float64)
 
-    def set_extra_state(self, state) -> None:
+    def set_extra_state(self, lrs: torch.Tensor) -> None:
         self.products = DecayProducts(self.momentum, self.weight_decay)
-        for lr in state["lrs"].tolist():
+        for lr in lrs.tolist():
             self.products.append(lr)
 
 
