@@ -95,7 +95,7 @@ def test_prepared_data_opens_three_ways_and_records_what_was_read(tmp_path, monk
     assert train.multi_label and train.num_classes == 20 and train.domain.name == "pascal"
     reread = datasets.load_from_disk(str(out))  # also a plain `datasets` folder
     assert len(reread["train"]) == len(train) and reread["train"].features["labels"].feature.num_classes == 20
-    image = np.asarray(reread["train"][3]["image"].convert("RGB"))
+    image = np.array(reread["train"][3]["image"].convert("RGB"))
     assert torch.equal(train.image(3), torch.from_numpy(image).permute(2, 0, 1))  # same pixels, our fast reader
     described = train.describe()
     assert described["prepared_sha256"] == json.loads((out / "manifest.json").read_text())["splits"]["train"]["sha256"]

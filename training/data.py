@@ -2,7 +2,8 @@
 
 A source spec is one of:
 - a prepared folder (``python -m training prepare DOMAIN DOWNLOAD``, training.prepare): Arrow splits
-  memory-mapped, each image's encoded bytes sliced without a copy and decoded by torchvision; its
+  memory-mapped, each image's encoded bytes sliced without a copy (training.encoded_views decodes
+  them straight into augmented views); its
   manifest names the domain, and the registry (zoo.domains) must agree with it;
 - an offline real set by domain name (``fashion_mnist``, ``animals``, ``digits``): read from what
   registry packages install (training.offline_sets) and wrapped in a Dataset built from Arrow
@@ -150,7 +151,7 @@ def _how_to_point(spec: str) -> str:
 
 class EncodedColumn:
     """Index -> uint8 [C, H, W] straight from a memory-mapped Arrow column of encoded images: the bytes
-    are a zero-copy slice of the mapped file, decoded by torchvision (libjpeg-turbo / libpng)."""
+    are a zero-copy slice of the mapped file, decoded by PIL."""
 
     def __init__(self, dataset, column: str = "image", mode: str = "RGB"):
         import pyarrow as pa
@@ -176,17 +177,14 @@ class EncodedColumn:
         return data[offsets[local]:offsets[local + 1]]
 
     def __call__(self, index: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        # PIL (libjpeg-turbo, as fast as torchvision.io here) rather than torchvision.io's decoders,
+        # deprecated since torchvision 0.29
+        import io
 
-        encoded = torch.from_numpy(self.encoded(index).copy())  # decode_image wants a writable tensor
-        try:
-            return decode_image(encoded, mode=ImageReadMode.GRAY if self.gray else ImageReadMode.RGB)
-        except RuntimeError:  # a format torchvision does not decode: PIL
-            import io
+        from PIL import Image
 
-            from PIL import Image
-            with Image.open(io.BytesIO(encoded.numpy().tobytes())) as image:
-                return to_chw(image.convert("L" if self.gray else "RGB"))
+        with Image.open(io.BytesIO(self.encoded(index).tobytes())) as image:
+            return to_chw(image.convert("L" if self.gray else "RGB"))
 
 
 def open_prepared(folder: Path, split: str, domain: str | None = None) -> ImageSet:
