@@ -376,7 +376,7 @@ def ensure_base_offline() -> None:
     home = HERE / "_work" / "hpt" / "hf-home"
     os.environ.update(HF_HOME=str(home), ZOO_HOME=str(home / "zoo"), HF_HUB_DISABLE_XET="1")
     if not (home / "hub" / "models--hpt-zoo--sup-imagenet-mnv2").exists():
-        from zoo.demo import prepare_mirror
+        from zoo.defaults import prepare_mirror
         from zoo.mirror import serve
 
         prepare_mirror(HERE / "_work" / "hpt" / "mirror")

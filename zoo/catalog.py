@@ -1,11 +1,14 @@
 """The catalog: every published checkpoint, pinned (repo, revision, file hashes), shipped with the package.
 
 ``zoo/catalog.json`` is written by ``zoo publish`` from what was actually published, never by
-hand. Extra catalogs (an air-gapped site's own models, a test's mirror) are merged on top from
-the files listed in ``$ZOO_CATALOG`` (separated by the OS path separator).
-"""
-from __future__ import annotations
+hand. Merged on top, in order: this machine's catalog ``$ZOO_HOME/catalog.json`` (what the demo
+and `zoo publish --catalog` record locally; see README "The local hub") and the files listed in
+``$ZOO_CATALOG`` (separated by the OS path separator: an air-gapped site's models, a test's
+mirror). The format is open: every top-level object section (``models``, ``bases``,
+``upstream``, ...) is merged key by key. Writers take a file lock and replace the file atomically.
+"""from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -38,21 +41,27 @@ class Entry:
         return self.data["files"][filename]
 
 
+def user_catalog_path() -> Path:
+    """This machine's own catalog (the demo's, and the default place to pin local publishes)."""
+    from .integrity import zoo_home
+
+    return zoo_home() / "catalog.json"
+
+
 def catalog_paths() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("ZOO_CATALOG", "").split(os.pathsep) if p]
-    return [PACKAGED] + extra
+    return [PACKAGED, user_catalog_path()] + extra
 
 
 @lru_cache(maxsize=8)
 def _load(paths: tuple[Path, ...], stamps: tuple) -> dict:
-    merged = {"models": {}, "bases": {}, "upstream": {}}
+    merged = {"models": {}, "bases": {}, "upstream": {}}  # upstream: publishers' files, converted on first use
     for path in paths:
-        if not path.exists():
+        if not path.is_file():
             continue
-        data = _read_catalog(path)
-        merged["models"].update(data.get("models", {}))
-        merged["bases"].update(data.get("bases", {}))
-        merged["upstream"].update(data.get("upstream", {}))  # publishers' files, converted on first use (upstream.py)
+        for section, content in _read_catalog(path).items():
+            if isinstance(content, dict):
+                merged.setdefault(section, {}).update(content)
     return merged
 
 
@@ -72,10 +81,11 @@ def _read_catalog(path: Path) -> dict:
     for name, entry in data.get("models", {}).items():
         problems = [key for key, kind in _REQUIRED.items() if not isinstance(entry, dict) or not isinstance(
             entry.get(key), kind)]
-        record = entry.get("files", {}).get("model.safetensors") if not problems else None
+        weights = "model.safetensors" if "trunk" not in entry else f"bn/{entry.get('default_bn')}.safetensors"
+        record = entry.get("files", {}).get(weights) if not problems else None
         if not problems and not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
                                  and isinstance(record.get("size"), int)):
-            problems.append("files['model.safetensors'] (sha256 + size)")
+            problems.append(f"files[{weights!r}] (sha256 + size)")
         if problems:
             raise CatalogError(f"{where}: entry {str(name)[:80]!r} lacks {', '.join(problems)}; "
                                f"re-publish it with `zoo publish --catalog`")
@@ -84,8 +94,70 @@ def _read_catalog(path: Path) -> dict:
 
 def catalog() -> dict:
     paths = tuple(catalog_paths())
-    stamps = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in paths)
+    stamps = tuple(p.stat().st_mtime_ns if p.is_file() else 0 for p in paths)
     return _load(paths, stamps)
+
+
+def check_catalog_writable(path: str | os.PathLike) -> Path:
+    """Before publishing: the catalog is a readable catalog file (or absent) in a folder we can write."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CatalogError(f"catalog path {path} is not a file; pass a .json file path")
+    if path.is_file():
+        _read_catalog(path)
+    folder = path.parent if path.parent != Path("") else Path(".")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+    if not os.access(existing, os.W_OK):
+        raise CatalogError(f"cannot write the catalog {path}: {existing} is not writable")
+    return path
+
+
+def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base_for_arch: str | None = None,
+                   keep_history: bool = True) -> None:
+    """Add/replace one model in a catalog file; optionally mark it as the arch's BN base.
+
+    Read-modify-write under a file lock (concurrent publishers never lose each other's entries)
+    and replaced through a unique temporary file (readers never see half a file). A model that
+    moves to a new revision of the same repo keeps its earlier pins under ``history``, so
+    ``zoo.load(name, revision=old)`` is still checked against hashes the catalog recorded.
+    """
+    import tempfile
+
+    from filelock import FileLock
+
+    from .checkpoint import dump_json
+
+    catalog_path = check_catalog_writable(catalog_path)
+    catalog_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(catalog_path) + ".lock"):
+        data = _read_catalog(catalog_path) if catalog_path.is_file() else {"format_version": 1}
+        models = data.setdefault("models", {})
+        previous = models.get(name)
+        if not keep_history:
+            pass
+        elif isinstance(previous, dict) and previous.get("repo_id") == entry.get("repo_id") \
+                and previous.get("revision") not in (None, entry.get("revision")):
+            history = [h for h in previous.get("history", []) if h.get("revision") != entry.get("revision")]
+            history.append({"revision": previous["revision"], "files": previous.get("files", {})})
+            entry = {**entry, "history": history}
+        elif isinstance(previous, dict) and previous.get("history"):
+            entry = {**entry, "history": previous["history"]}
+        models[name] = entry
+        data.setdefault("bases", {})
+        if base_for_arch:
+            data["bases"][base_for_arch] = name
+        handle, temporary = tempfile.mkstemp(prefix=f".{catalog_path.name}.", suffix=".tmp", dir=catalog_path.parent)
+        try:
+            with os.fdopen(handle, "w") as stream:
+                stream.write(dump_json(data))
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, catalog_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
 
 
 def published_names() -> list[str]:

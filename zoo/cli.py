@@ -194,31 +194,32 @@ def _upstream_names() -> list[str]:
 
 
 def cmd_publish(args) -> int:
-    from .checkpoint import META, read_json
-    from pathlib import Path
+    from .publish import publish
 
-    from .mirror import catalog_entry, copy_card, publish_to_mirror, update_catalog
-
-    name = args.name or read_json(Path(args.checkpoint) / META)["name"]
-    commit = publish_to_mirror(args.checkpoint, args.mirror, args.repo_id)
-    if args.catalog:
-        update_catalog(args.catalog, name, catalog_entry(args.checkpoint, args.repo_id, commit), args.base_for)
-    if args.cards:
-        copy_card(args.checkpoint, args.cards, name)
-    _emit(args, {"name": name, "repo_id": args.repo_id, "revision": commit},
-          f"published {name} to {args.mirror} as {args.repo_id}@{commit}"
-          + (f"; catalog {args.catalog} updated (add it to ZOO_CATALOG)" if args.catalog else ""))
+    result = publish(args.checkpoint, args.repo_id, mirror=args.mirror, hub=args.hub, endpoint=args.endpoint,
+                     catalog=args.catalog, base_for=args.base_for, cards=args.cards, name=args.name)
+    where = args.mirror if args.mirror else (args.endpoint or "the Hub")
+    _emit(args, result, f"published {result['name']} ({result['kind']}) to {where} as "
+                        f"{args.repo_id}@{result['revision']}"
+          + (f"; pinned in {args.catalog}" if args.catalog else
+             "; no catalog updated (pass --catalog FILE, e.g. the one in $ZOO_HOME/catalog.json)"))
     return 0
 
 
 def cmd_serve(args) -> int:
+    import signal
+    import time
+
     from .mirror import serve
 
+    def stop(signum, frame):  # SIGTERM (kill, systemd, docker stop) ends like Ctrl-C: olah is stopped too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     with serve(args.mirror, args.port) as endpoint:
-        print(f"serving {args.mirror} at {endpoint}; use HF_ENDPOINT={endpoint} HF_HUB_DISABLE_XET=1 (Ctrl-C stops)",
-              flush=True)
-        try:
-            import time
+        try:  # the announcement inside: a signal right after it is still a clean stop
+            print(f"serving {args.mirror} at {endpoint}; use HF_ENDPOINT={endpoint} HF_HUB_DISABLE_XET=1 "
+                  f"(Ctrl-C or SIGTERM stops)", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
@@ -234,12 +235,6 @@ def cmd_recommend(args) -> int:
                         crop_pct=args.crop_pct, domain=args.domain, arch=args.arch)
     _emit(args, ranking.as_dict(), str(ranking))
     return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import main as demo_main
-
-    return demo_main(["--workdir", args.workdir])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,18 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="an upstream catalog name, e.g. moco-imagenet-r50")
     p.add_argument("file", help="the publisher's file you downloaded")
     p.set_defaults(func=cmd_import)
-    p = sub.add_parser("publish", parents=[common], help="commit a checkpoint folder to a mirror (olah) repo")
+    p = sub.add_parser("publish", parents=[common], help="validate a checkpoint folder, commit it to a git mirror "
+                                                         "(olah) or the Hub, pin the commit in a catalog")
     p.add_argument("checkpoint")
-    p.add_argument("--mirror", required=True, help="mirror root (olah's mirrors-path)")
-    p.add_argument("--repo-id", required=True)
-    p.add_argument("--name")
-    p.add_argument("--catalog", help="catalog JSON to add the pinned entry to")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mirror", help="mirror root (olah's mirrors-path): a git repo per model, history kept")
+    where.add_argument("--hub", action="store_true", help="the Hub through huggingface_hub's HfApi (HF_TOKEN, "
+                                                          "HF_ENDPOINT or --endpoint)")
+    p.add_argument("--endpoint", help="with --hub: a Hub-compatible server instead of HF_ENDPOINT")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME by the Hub's rules")
+    p.add_argument("--name", help="the model name (default: zoo.json's name)")
+    p.add_argument("--catalog", help="catalog JSON to pin the published commit in")
     p.add_argument("--base-for", help="make this the BN base trunk for an arch (e.g. mnv2)")
     p.add_argument("--cards", help="also copy the generated card to this folder (the project's model_cards/)")
     p.set_defaults(func=cmd_publish)
     p = sub.add_parser("serve", help="serve a mirror root with olah on loopback")
     p.add_argument("mirror")
-    p.add_argument("--port", type=int)
+    p.add_argument("--port", type=int, help="default: a free port")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("recommend", parents=[common], help="rank checkpoints for a folder of labelled images")
     p.add_argument("data", help="<dir>/<class>/<image> (or <dir>/train/<class>/<image>)")
@@ -305,9 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="keep only this domain's BN variants among the default candidates")
     p.add_argument("--arch", help="keep only this architecture family (mnv2, r50, ...)")
     p.set_defaults(func=cmd_recommend)
-    p = sub.add_parser("demo", help="the main job on the embedded real MobileNetV2")
-    p.add_argument("--workdir", default=".zoo-demo")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -320,6 +317,19 @@ def main(argv=None) -> int:
         return 2
     except OSError as error:  # a missing or unreadable file, a read-only cache: the OS's message names the path
         print(f"zoo: error: {str(error)[:990]}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if not isinstance(error, HfHubHTTPError):
+            raise
+        from huggingface_hub import constants
+
+        status = getattr(getattr(error, "response", None), "status_code", "?")
+        print(f"zoo: error: the Hub at {constants.ENDPOINT} answered HTTP {status} ({type(error).__name__}): it does "
+              f"not serve this repo, revision or file. Point HF_ENDPOINT at the server that has it (`zoo serve ROOT` "
+              f"for a mirror), check the catalog's repo_id/revision (`zoo info NAME`), or set HF_TOKEN for a "
+              f"private repo.", file=sys.stderr)
         return 2
 
 

@@ -51,6 +51,10 @@ def default_meta() -> dict:
         "lineage": [{"role": "base", "name": "torchvision/mobilenet_v2 IMAGENET1K_V1", "domain": "imagenet",
                      "method": "supervised", "steps": None, "sha256": SOURCE_SHA256}],
         "evaluations": [],
+        # the animals overlay's statistics were computed on 28 px silhouettes upsampled to 96 px, gray
+        # replicated to RGB, ImageNet-normalised (training.demo.make_animals_overlay)
+        "bn_variant_cfg": {"animals": {"input_size": [3, OVERLAY_RESOLUTION, OVERLAY_RESOLUTION], "crop_pct": 1.0,
+                                       "interpolation": "bilinear"}},
     }
 
 
@@ -71,3 +75,18 @@ def build_checkpoint(output: str | os.PathLike) -> Path:
         return write_checkpoint(output, load_file(str(trunk / WEIGHTS)), read_json(trunk / CONFIG), meta, overlays)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare_mirror(mirror_root: str | os.PathLike) -> str:
+    """Rebuild the published repo from the real source file; return its commit (must match the catalog)."""
+    from .catalog import PACKAGED, _read
+    from .mirror import publish_to_mirror
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = build_checkpoint(Path(scratch) / NAME)
+        commit = publish_to_mirror(checkpoint, mirror_root, REPO_ID)
+    pinned = _read(PACKAGED)["models"][NAME]["revision"]
+    if commit != pinned:
+        raise ZooError(f"rebuilt {REPO_ID} at commit {commit}, but the packaged catalog pins {pinned}: the conversion or "
+                       f"card generation changed; republish with `python -m training.demo --republish`")
+    return commit

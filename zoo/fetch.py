@@ -155,6 +155,14 @@ def fetch(entry: Entry, filename: str, revision: str | None = None, expected: di
             return cached
         _drop_cached(entry, cached)  # corrupt or truncated: never trust it, fetch once more below
         dropped_corrupt = True
+    from .endpoint import unreachable_reason
+
+    unreachable = unreachable_reason()  # ~1 s instead of huggingface_hub's ~30 s of retries
+    if unreachable:
+        error_type = IntegrityError if dropped_corrupt else NotCachedError
+        raise error_type(f"{entry.name}: cannot get {filename} of {entry.repo_id}@{revision[:12]}: {unreachable}"
+                         f"{' (the cached copy was corrupt and was removed)' if dropped_corrupt else ''}. "
+                         f"{_offline_fix(entry)}")
     for attempt in range(2):
         try:
             path = download(entry, filename, revision, force=attempt > 0)

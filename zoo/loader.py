@@ -9,6 +9,7 @@ import torch
 
 from . import build
 from .bn import apply_bn
+from .cards import data_terms  # noqa: F401  (re-exported: zoo.loader.data_terms)
 from .catalog import Entry, check_variant, resolve
 from .checkpoint import BN_DIR, CARD, CONFIG, META, WEIGHTS, is_checkpoint_dir, is_overlay_dir, read_json
 from .errors import (CheckpointFormatError, IncompatibleOverlayError, InvalidArgumentError, UnknownVariantError,
@@ -231,6 +232,8 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
     if implied_bn and bn and implied_bn != bn:
         raise UnknownVariantError(f"{name} already means BN variant {implied_bn!r}; do not also pass bn={shorten(bn)}")
     bn = bn or implied_bn
+    if "trunk" in entry.data:  # a published overlay (Base, HPT-BN): the trunk by name + this repo's BN file
+        return _load_overlay_entry(entry, bn, revision, num_classes, device, dtype)
     variant = check_variant(entry, bn) if bn else None
     files = _file_records(entry, revision)
     weights = fetch(entry, WEIGHTS, revision, files[WEIGHTS])
@@ -242,9 +245,26 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
     return build.finish(model, num_classes, file_classes, device, dtype)
 
 
+def _load_overlay_entry(entry: Entry, bn, revision, num_classes, device, dtype) -> torch.nn.Module:
+    variant = check_variant(entry, bn or entry.default_bn)
+    trunk, _ = resolve(entry.trunk)
+    if trunk.file(WEIGHTS)["sha256"] != entry.trunk_sha256:
+        raise IncompatibleOverlayError(f"{entry.name} was made for {entry.trunk} with trunk sha256 "
+                                       f"{entry.trunk_sha256[:12]}..., but the catalog's {entry.trunk} now has "
+                                       f"{trunk.file(WEIGHTS)['sha256'][:12]}...; republish the overlay on it")
+    model = load(trunk.name, num_classes=None)
+    overlay_name = f"{BN_DIR}/{variant}.safetensors"
+    apply_bn(model, fetch(entry, overlay_name, revision, _file_records(entry, revision)[overlay_name]),
+             entry.trunk_sha256)
+    return build.finish(model, num_classes, int(trunk.num_classes), device, dtype)
+
+
 def _file_records(entry: Entry, revision: str | None) -> dict:
     if revision is None or revision == entry.revision:
         return entry.files
+    for earlier in entry.data.get("history", []):  # a revision the catalog pinned before: its own hashes
+        if earlier.get("revision") == revision:
+            return earlier["files"]
     path = Path(download(entry, META, revision))
     try:
         meta = _read_object(path)
@@ -284,16 +304,10 @@ def info(name: str | os.PathLike) -> dict:
     details["terms"] = data_terms(details)
     if implied_bn:
         details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name)
+        # the input the variant's statistics were computed at, where recorded
+        details["pretrained_cfg"] = {**details.get("pretrained_cfg", {}),
+                                     **details.get("bn_variant_cfg", {}).get(implied_bn, {})}
     return details
-
-
-def data_terms(details: dict) -> dict:
-    """Usage terms of every dataset in the checkpoint's lineage and BN variants (from the domain registry)."""
-    from .domains import DOMAINS
-
-    names = [step.get("domain") for step in details.get("lineage", [])] + [details.get("domain")]
-    names += list(details.get("bn_variants", []))
-    return {name: DOMAINS[name].terms for name in dict.fromkeys(names) if name in DOMAINS}
 
 
 def card(name: str | os.PathLike) -> str:
@@ -301,10 +315,12 @@ def card(name: str | os.PathLike) -> str:
     directory = _local_dir(name)
     if directory is not None:
         return (directory / CARD).read_text()
-    entry, _ = resolve(str(name))
+    entry, implied_bn = resolve(str(name))
     if entry.data.get("kind") == "upstream":
         from . import upstream
         return upstream.card(entry)
+    if implied_bn and f"{BN_DIR}/{implied_bn}.md" in entry.files:  # a BN variant's own card, beside its file
+        return Path(fetch(entry, f"{BN_DIR}/{implied_bn}.md")).read_text()
     return Path(fetch(entry, CARD)).read_text()
 
 

@@ -1,4 +1,4 @@
-"""The main job on the embedded real default (``zoo demo``).
+"""The main job on the embedded real default (``zoo-demo``, or ``python -m training.demo``).
 
 1. import torchvision's real ImageNet MobileNetV2 into the zoo format (deterministic),
 2. publish it to a git mirror and serve it with olah on loopback (a real Hub-compatible server),
@@ -29,7 +29,7 @@ def animals_tensors(split: str, limit: int | None = None, resolution: int = 96):
     import torch.nn.functional as F
 
     from training.offline_sets import load_animals
-    from .domains import IMAGENET_MEAN, IMAGENET_STD
+    from zoo.domains import IMAGENET_MEAN, IMAGENET_STD
 
     images, labels = load_animals(split)
     if limit:
@@ -43,8 +43,8 @@ def animals_tensors(split: str, limit: int | None = None, resolution: int = 96):
 def make_animals_overlay(checkpoint_dir: str, output: str) -> None:
     """Maintainer step: recalibrate the trunk's BN statistics on the animals train split."""
     import zoo
-    from .checkpoint import META, read_json
-    from .defaults import OVERLAY_RESOLUTION
+    from zoo.checkpoint import META, read_json
+    from zoo.defaults import OVERLAY_RESOLUTION
 
     model = zoo.load(checkpoint_dir)
     images, _ = animals_tensors("train", resolution=OVERLAY_RESOLUTION)
@@ -65,23 +65,6 @@ def knn_accuracy(model, train, test, k: int = 20) -> float:
     return (votes.argmax(1) == test[1]).float().mean().item()
 
 
-def prepare_mirror(mirror_root: Path) -> str:
-    """Rebuild the published repo from the real source file; return its commit (must match the catalog)."""
-    from .catalog import resolve
-    from .defaults import NAME, REPO_ID, build_checkpoint
-    from .errors import ZooError
-    from .mirror import publish_to_mirror
-
-    with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = build_checkpoint(Path(scratch) / NAME)
-        commit = publish_to_mirror(checkpoint, mirror_root, REPO_ID)
-    pinned = resolve(NAME)[0].revision
-    if commit != pinned:
-        raise ZooError(f"rebuilt {REPO_ID} at commit {commit}, but the catalog pins {pinned}: the conversion or card "
-                       f"generation changed; republish with `python -m zoo.demo --republish`")
-    return commit
-
-
 def classify_photos(model, preprocess) -> list[tuple[str, str, float]]:
     import torch
     from skimage import data
@@ -99,8 +82,10 @@ def classify_photos(model, preprocess) -> list[tuple[str, str, float]]:
 
 
 def client() -> dict:
-    """Steps 2-4, in a process whose HF_ENDPOINT/HF_HOME point at the mirror (as a user's would)."""
+    """Steps 2-4, in a process whose HF_ENDPOINT points at the mirror; files go to the user's own HF cache."""
     import zoo
+    from zoo.catalog import resolve
+    from zoo.fetch import fetch
 
     start = time.perf_counter()
     model = zoo.load("sup-imagenet-mnv2", num_classes=None)
@@ -108,8 +93,11 @@ def client() -> dict:
     start = time.perf_counter()
     model = zoo.load("sup-imagenet-mnv2", num_classes=None)
     warm = time.perf_counter() - start
-    print(f"[2/6] zoo.load('sup-imagenet-mnv2') through olah at {os.environ.get('HF_ENDPOINT')}: cold {cold:.2f} s "
-          f"(download + sha256), warm {warm * 1000:.0f} ms", flush=True)
+    entry, _ = resolve("sup-imagenet-mnv2")
+    cached = [fetch(entry, filename) for filename in sorted(entry.files)]  # every file: cards and BN variants too
+    print(f"[2/6] zoo.load('sup-imagenet-mnv2') through olah at {os.environ.get('HF_ENDPOINT')}: first {cold:.2f} s "
+          f"(download + sha256 unless already cached), warm {warm * 1000:.0f} ms; its {len(cached)} files are "
+          f"verified in your Hugging Face cache ({Path(cached[0]).parents[3]})", flush=True)
     preprocess = zoo.transforms("sup-imagenet-mnv2")
     results = {"cold_s": cold, "warm_s": warm, "photos": {}}
     print("[3/6] real photos from scikit-image, classified by the loaded model:")
@@ -140,7 +128,6 @@ def hpt_live(workdir: Path) -> dict:
     from training.data import open_source
     from training.evaluate import linear_eval
     from training.views import input_spec
-    from .mirror import catalog_entry, publish_to_mirror, update_catalog
 
     name = "hpt-animals-mnv2"
     exported = workdir / "runs" / name
@@ -151,15 +138,17 @@ def hpt_live(workdir: Path) -> dict:
     if not (base_bn / "zoo.json").exists():
         hpt.run_base("animals", "sup-imagenet-mnv2", base_bn, image_size=64, crop_pct=1.0)
     trained = time.perf_counter() - start
-    catalog = workdir / "catalog.json"
+    from zoo.catalog import user_catalog_path
+    from zoo.publish import publish
+
+    catalog = user_catalog_path()  # this machine's catalog: the name keeps working in the user's own code
     repo_id = f"local/{name}"
-    commit = publish_to_mirror(exported, os.environ["ZOO_DEMO_MIRROR"], repo_id)
-    update_catalog(catalog, name, catalog_entry(exported, repo_id, commit))
-    os.environ["ZOO_CATALOG"] = str(catalog)
+    commit = publish(exported, repo_id, mirror=os.environ["ZOO_DEMO_MIRROR"], catalog=catalog)["revision"]
+    zoo.load(name)  # by name through the mirror: now verified in the user's cache as well
     lineage = " -> ".join(f"{s['name']} ({s['role']})" for s in zoo.info(name)["lineage"])
     print(f"[5/6] HPT: {DEMO_HPT['steps']} MoCo v2 steps from the ImageNet base on animals at 64 px "
           f"({trained:.0f} s with Base-BN), exported, published as {repo_id}@{commit[:12]}, loaded back by name:\n"
-          f"      zoo.info({name!r}) lineage: {lineage}", flush=True)
+          f"      zoo.info({name!r}) lineage: {lineage}; pinned in {catalog}", flush=True)
     splits = {s: open_source("animals", s, "animals") for s in ("train", "val", "test")}
     spec = input_spec(splits["train"].domain, base_cfg=zoo.info("sup-imagenet-mnv2")["pretrained_cfg"],
                       image_size=64, crop_pct=1.0)
@@ -177,24 +166,34 @@ def hpt_live(workdir: Path) -> dict:
 def run(workdir: Path) -> int:
     import subprocess
 
-    from .mirror import serve
+    from zoo.defaults import prepare_mirror
+    from zoo.mirror import serve
 
     mirror_root = workdir / "mirror"
     commit = prepare_mirror(mirror_root)
     print(f"[1/6] imported the real ImageNet MobileNetV2 and published it to {mirror_root} at {commit[:12]} "
           f"(= the catalog's pinned revision)", flush=True)
     with serve(mirror_root) as endpoint:
-        # a private cache, so the first load really downloads and the second is warm
-        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_DISABLE_XET": "1",
+        # the user's own HF cache (HF_HOME or ~/.cache/huggingface): what the demo loads stays usable afterwards
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1",
                "ZOO_DEMO_WORKDIR": str(workdir), "ZOO_DEMO_MIRROR": str(mirror_root)}
         env.pop("HF_HUB_OFFLINE", None)
-        return subprocess.run([sys.executable, "-m", "zoo.demo", "--client"], env=env).returncode
+        code = subprocess.run([sys.executable, "-m", "training.demo", "--client"], env=env).returncode
+    if code == 0:
+        print(f"done. The verified files are in your Hugging Face cache, so in your own code and shell, with no "
+              f"settings and no server, `zoo.load('sup-imagenet-mnv2')` and `zoo.load('hpt-animals-mnv2')` now work "
+              f"(offline too). To serve the mirror again (new machines, other caches): zoo serve {mirror_root}",
+              flush=True)
+    return code
+
+
+MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
 
 def republish(catalog_path: Path) -> None:
     """Maintainer step: rebuild the default checkpoint (and overlay) and pin it in the catalog."""
-    from .defaults import NAME, PUBLISHED, REPO_ID, build_checkpoint
-    from .mirror import MODEL_CARDS, catalog_entry, copy_card, publish_to_mirror, update_catalog
+    from zoo.defaults import NAME, PUBLISHED, REPO_ID, build_checkpoint
+    from zoo.publish import publish
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -204,21 +203,21 @@ def republish(catalog_path: Path) -> None:
             overlay.parent.mkdir(parents=True, exist_ok=True)
             make_animals_overlay(str(trunk_only), str(overlay))
         checkpoint = build_checkpoint(scratch / NAME)
-        commit = publish_to_mirror(checkpoint, scratch / "mirror", REPO_ID)
-        update_catalog(catalog_path, NAME, catalog_entry(checkpoint, REPO_ID, commit), base_for_arch="mnv2")
-        copy_card(checkpoint, MODEL_CARDS, NAME)
-    print(f"pinned {NAME} at {commit} in {catalog_path}")
+        result = publish(checkpoint, REPO_ID, mirror=scratch / "mirror", catalog=catalog_path, base_for="mnv2",
+                         cards=MODEL_CARDS, keep_history=False)
+    print(f"pinned {NAME} at {result['revision']} in {catalog_path}; cards {', '.join(result['cards'])}")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="zoo demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="zoo-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=".zoo-demo", help="where the mirror and the demo's HF cache go")
+    parser.add_argument("--workdir", default=".zoo-demo", help="where the demo's mirror and training runs go")
     parser.add_argument("--republish", action="store_true", help="maintainers: rebuild and pin the catalog entry")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.republish:
-        republish(Path(__file__).with_name("catalog.json"))
+        from zoo.catalog import PACKAGED
+        republish(PACKAGED)
         return 0
     if args.client:
         client()
