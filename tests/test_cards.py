@@ -76,6 +76,10 @@ def test_metadata_from_lineage_evaluations_and_method():
                              "value": 0.7}],
             "weights": {}}
     config = {"architecture": "mobilenetv2_100", "num_classes": 0, "pretrained_cfg": {}}
+    from zoo.publish import _lineage_with_repos
+
+    meta["lineage"] = _lineage_with_repos(meta["lineage"])  # what publish does: published hops get their repo
+    assert [step.get("repo_id") for step in meta["lineage"]] == ["hpt-zoo/sup-imagenet-mnv2", None]
     card = ModelCard(render_card(meta, config, "lab/hpt-animals-mnv2"))
     data = card.data.to_dict()
     assert data["base_model"] == "hpt-zoo/sup-imagenet-mnv2" and data["base_model_relation"] == "finetune"

@@ -88,7 +88,7 @@ def exported(tmp_path_factory):
 def test_every_method_runs_and_exports_with_defaults_and_loads_back_by_name(exported, olah, mirror_root,
                                                                              hub_cache, tmp_path, monkeypatch):
     import zoo
-    from zoo.mirror import catalog_entry, publish_to_mirror, update_catalog
+    from zoo.publish import publish
 
     catalog = tmp_path / "catalog.json"
     for method, folder in exported.items():
@@ -96,8 +96,7 @@ def test_every_method_runs_and_exports_with_defaults_and_loads_back_by_name(expo
         name = meta["name"]
         assert parse_name(name).strategy == STRATEGY_OF.get(method, method) == meta["strategy"]
         assert name.startswith(f"{meta['strategy']}-fashion_mnist-r18c")
-        revision = publish_to_mirror(folder, mirror_root, f"methods/{name}")
-        update_catalog(catalog, name, catalog_entry(folder, f"methods/{name}", revision))
+        publish(folder, f"methods/{name}", mirror=mirror_root, catalog=catalog)
     monkeypatch.setenv("ZOO_CATALOG", str(catalog))
     for method, folder in exported.items():
         name = zoo.info(folder)["name"]

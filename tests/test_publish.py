@@ -184,11 +184,12 @@ def test_card_names_cannot_escape_the_cards_folder(default_folder, tmp_path, cli
 
 
 def _writer(catalog: str, worker: int, rounds: int) -> None:
-    from zoo.catalog import update_catalog
+    from zoo.catalog import PACKAGED, update_catalog
 
+    template = json.loads(PACKAGED.read_text())["models"]["sup-imagenet-mnv2"]
     for round_ in range(rounds):
-        update_catalog(catalog, f"m{worker}-r{round_}", {"repo_id": f"lab/m{worker}", "revision": f"{round_:040d}",
-                                                         "files": {}})
+        update_catalog(catalog, f"m{worker}-r{round_}", {**template, "repo_id": f"lab/m{worker}",
+                                                         "revision": f"{round_:040d}"})
 
 
 def test_eight_concurrent_catalog_writers_lose_nothing(tmp_path):
@@ -304,3 +305,17 @@ def test_unreachable_hub_fails_fast_with_the_fix(hub_cache, endpoint, monkeypatc
         zoo.load("sup-imagenet-mnv2")
     assert time.perf_counter() - start < 2.0
     assert "zoo download sup-imagenet-mnv2" in str(caught.value) and "unreachable" in str(caught.value)
+
+
+def test_one_published_step_count_is_taken_without_asking(tmp_path, monkeypatch):
+    from zoo.catalog import PACKAGED, resolve
+
+    template = json.loads(PACKAGED.read_text())["models"]["sup-imagenet-mnv2"]
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"models": {"moco-fashion_mnist-mnv2-2k": template}}))
+    monkeypatch.setenv("ZOO_CATALOG", str(catalog))
+    assert resolve("moco-fashion_mnist-mnv2")[0].name == "moco-fashion_mnist-mnv2-2k"
+    catalog.write_text(json.dumps({"models": {"moco-fashion_mnist-mnv2-2k": template,
+                                              "moco-fashion_mnist-mnv2-4k": template}}))
+    with pytest.raises(zoo.UnknownNameError, match="pick one"):
+        resolve("moco-fashion_mnist-mnv2")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import run_python
-from zoo.mirror import publish_to_mirror
+from zoo.publish import publish_to_mirror
 
 REPO_ID = "zoo-tests/fashion-tiny"
 TRAIN, TEST = 40, 20

@@ -210,3 +210,48 @@ def test_torch_hub_entry_points(olah, hub_cache):
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1280)
     generic = torch.hub.load(str(Path(__file__).resolve().parents[1]), "load", "base-animals-mnv2", source="local")
     assert torch.equal(generic.bn1.running_mean, zoo.load(NAME, bn="animals").bn1.running_mean)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions (relative imports made absolute)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "zoo." * (node.level > 0) + (node.module or "")
+            found.add(base.rstrip("."))
+            found |= {f"{base}.{alias.name}".replace("zoo..", "zoo.") for alias in node.names if node.level}
+    return found
+
+
+def test_zoo_never_imports_training_and_the_bn_checkpoint_cards_circle_is_gone():
+    package = Path(zoo.__file__).parent
+    graph = {f"zoo.{p.stem}": {m for m in _imports(p) if m.startswith("zoo.")} for p in package.glob("*.py")}
+    for module, path in ((m, package / f"{m[4:]}.py") for m in graph):
+        assert not any(m == "training" or m.startswith("training.") for m in _imports(path)), module
+    # what bn, checkpoint, cards and catalog reach must never lead back to the loader (was bn->checkpoint->cards->loader)
+    for start in ("zoo.bn", "zoo.checkpoint", "zoo.cards", "zoo.catalog", "zoo.publish", "zoo.mirror"):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt in graph and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        assert "zoo.loader" not in seen and start not in seen, (start, sorted(seen))
+
+
+def test_after_the_quickstart_a_plain_python_loads_from_the_primed_cache_without_settings(olah, hub_cache, tmp_path):
+    """What zoo-demo leaves: the files in the standard HF cache; then no HF_ENDPOINT, no server, no env."""
+    primed = subprocess.run([sys.executable, "-m", "zoo", "download", NAME], env=os.environ.copy(),
+                            capture_output=True, text=True)
+    assert primed.returncode == 0, primed.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_ENDPOINT", "HF_HUB_OFFLINE", "ZOO_CATALOG"))}
+    code = ("import time, zoo\nstart = time.perf_counter()\nm = zoo.load('sup-imagenet-mnv2')\n"
+            "v = zoo.load('base-animals-mnv2')\nc = zoo.card('base-animals-mnv2')\n"
+            "print(type(m).__name__, round(time.perf_counter() - start, 2), c.splitlines()[0])\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("MobileNetV2") and result.stdout.strip().endswith("---")

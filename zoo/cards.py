@@ -40,24 +40,14 @@ def data_terms(details: dict) -> dict:
     return {name: DOMAINS[name].terms for name in dict.fromkeys(names) if name in DOMAINS}
 
 
-def _hub_repo_of(name) -> str | None:
-    """The Hub repo of a lineage step's checkpoint name, when it is a published zoo name."""
-    if not isinstance(name, str):
-        return None
-    from .catalog import catalog
-
-    entry = catalog()["models"].get(name)
-    return entry.get("repo_id") if isinstance(entry, dict) else None
-
-
 def _base_model(meta: dict) -> tuple[str | None, str | None]:
     trunk = meta.get("trunk")
     if isinstance(trunk, dict):  # an overlay: the trunk repo + this BN file
-        repo = trunk.get("repo_id") or _hub_repo_of(trunk.get("name"))
+        repo = trunk.get("repo_id")
         return (repo, "adapter") if repo else (None, None)
     base = None
     for step in meta.get("lineage", [])[:-1]:  # the last hop is this checkpoint; the one before is its parent
-        base = step.get("repo_id") or _hub_repo_of(step.get("name")) or base
+        base = step.get("repo_id") or base  # publish fills repo_id in from the catalog
     return (base, "finetune") if base else (None, None)
 
 

@@ -6,7 +6,8 @@ and `zoo publish --catalog` record locally; see README "The local hub") and the 
 ``$ZOO_CATALOG`` (separated by the OS path separator: an air-gapped site's models, a test's
 mirror). The format is open: every top-level object section (``models``, ``bases``,
 ``upstream``, ...) is merged key by key. Writers take a file lock and replace the file atomically.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import contextlib
 import fnmatch
@@ -112,6 +113,18 @@ def check_catalog_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def _lock_path(catalog_path: Path) -> Path:
+    """The lock lives under $ZOO_HOME/locks (never a stray file next to the catalog, e.g. in the package)."""
+    import hashlib
+
+    from .integrity import zoo_home
+
+    key = hashlib.sha256(str(catalog_path.resolve()).encode()).hexdigest()[:24]
+    folder = zoo_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"catalog-{key}.lock"
+
+
 def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base_for_arch: str | None = None,
                    keep_history: bool = True) -> None:
     """Add/replace one model in a catalog file; optionally mark it as the arch's BN base.
@@ -125,11 +138,9 @@ def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base
 
     from filelock import FileLock
 
-    from .checkpoint import dump_json
-
     catalog_path = check_catalog_writable(catalog_path)
     catalog_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(catalog_path) + ".lock"):
+    with FileLock(str(_lock_path(catalog_path))):
         data = _read_catalog(catalog_path) if catalog_path.is_file() else {"format_version": 1}
         models = data.setdefault("models", {})
         previous = models.get(name)
@@ -149,7 +160,7 @@ def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base
         handle, temporary = tempfile.mkstemp(prefix=f".{catalog_path.name}.", suffix=".tmp", dir=catalog_path.parent)
         try:
             with os.fdopen(handle, "w") as stream:
-                stream.write(dump_json(data))
+                stream.write(json.dumps(data, indent=2, sort_keys=True) + "\n")  # as checkpoint.dump_json
                 stream.flush()
                 os.fsync(stream.fileno())
             os.chmod(temporary, 0o644)
@@ -224,7 +235,8 @@ def resolve(text: str) -> tuple[Entry, str | None]:
     if parsed.steps is None:  # several step counts published: the recommended one, else ask
         prefix = name + "-"
         choices = {n: e for n, e in models.items() if n.startswith(prefix) and n[len(prefix):].rstrip("k").isdigit()}
-        recommended = [n for n, e in choices.items() if e.get("recommended")]
+        recommended = [n for n, e in choices.items() if e.get("recommended")] or (list(choices) if len(choices) == 1
+                                                                                 else [])  # the only one published
         if len(recommended) == 1:
             return Entry(recommended[0], models[recommended[0]]), None
         if choices:
@@ -242,9 +254,8 @@ def resolve(text: str) -> tuple[Entry, str | None]:
 
 
 def _upstream_entry(text: str, data: dict) -> Entry | None:
-    from .upstream import find
-
-    name = find(text, data["upstream"])
+    section = data["upstream"]  # the name or one of its aliases
+    name = text if text in section else next((n for n, d in section.items() if text in d.get("aliases", ())), None)
     return Entry(name, {**data["upstream"][name], "kind": "upstream"}) if name else None
 
 

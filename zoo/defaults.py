@@ -79,13 +79,13 @@ def build_checkpoint(output: str | os.PathLike) -> Path:
 
 def prepare_mirror(mirror_root: str | os.PathLike) -> str:
     """Rebuild the published repo from the real source file; return its commit (must match the catalog)."""
-    from .catalog import PACKAGED, _read
-    from .mirror import publish_to_mirror
+    from .catalog import PACKAGED, _read_catalog
+    from .publish import publish_to_mirror
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = build_checkpoint(Path(scratch) / NAME)
         commit = publish_to_mirror(checkpoint, mirror_root, REPO_ID)
-    pinned = _read(PACKAGED)["models"][NAME]["revision"]
+    pinned = _read_catalog(PACKAGED)["models"][NAME]["revision"]
     if commit != pinned:
         raise ZooError(f"rebuilt {REPO_ID} at commit {commit}, but the packaged catalog pins {pinned}: the conversion or "
                        f"card generation changed; republish with `python -m training.demo --republish`")

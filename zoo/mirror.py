@@ -163,32 +163,6 @@ def _commit(repo: Path, files: dict[str, bytes | Path], message: str) -> str:
     return commit
 
 
-def publish_to_mirror(checkpoint_dir: str | os.PathLike, mirror_root: str | os.PathLike, repo_id: str,
-                      repo_type: str = "model") -> str:
-    """Publish a folder as the repo's next commit and return the commit id.
-
-    A model folder is validated first (zoo.publish.validate_checkpoint: complete, hashes match its
-    zoo.json, weights fit the architecture) and its card regenerated; a dataset folder is published
-    as it is (it needs a README.md, its card: `datasets` reads it first, and, served by olah, a
-    repo without one looks absent).
-    """
-    if repo_type == "model":
-        from .publish import prepare
-
-        payload = prepare(checkpoint_dir, repo_id=repo_id)
-        return commit_files(mirror_root, repo_id, payload.files, f"publish {payload.name}")
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        raise ZooError(f"{folder} is not a folder")
-    files = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            raise ZooError(f"{path} is a symbolic link; publish real files only")
-        if path.is_file():
-            files[path.relative_to(folder).as_posix()] = path
-    return commit_files(mirror_root, repo_id, files, f"publish {repo_id}", repo_type)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -72,7 +72,10 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
         raise CheckpointFormatError(f"{folder / META} records no file hashes ('weights'); re-export the folder")
     present = _folder_files(folder)
     overlay = "trunk" in meta
-    allowed = {META, CARD, *records} | (set() if overlay else {CONFIG})
+    heads = meta.get("heads") if isinstance(meta.get("heads"), dict) else None  # training heads, kept on request
+    if heads and (heads.get("file") != "heads.safetensors" or not _record_matches(folder / "heads.safetensors", heads)):
+        raise ZooError(f"{folder}: its heads file does not match the sha256/size zoo.json records; re-export it")
+    allowed = {META, CARD, *records} | (set() if overlay else {CONFIG}) | ({"heads.safetensors"} if heads else set())
     stray = sorted(set(present) - allowed)
     if stray:
         raise ZooError(f"{folder} holds files its zoo.json does not record: {', '.join(stray[:8])}; remove them "
@@ -88,6 +91,7 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
         if not isinstance(variant, str) or not SAFE_NAME.match(variant) or f"{BN_DIR}/{variant}.safetensors" not in records:
             raise CheckpointFormatError(f"{folder / META}: BN variant {variant!r} has no recorded bn/{variant}.safetensors")
     payload = Payload(name, "overlay" if overlay else "trunk", {**meta, "name": name}, None)
+    payload.meta["lineage"] = _lineage_with_repos(meta.get("lineage", []))
     if overlay:
         _check_overlay(folder, payload, variants)
     else:
@@ -96,6 +100,8 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
 
     payload.files = {filename: present[filename] for filename in sorted(records)}
     payload.files[META] = present[META]
+    if heads:
+        payload.files["heads.safetensors"] = present["heads.safetensors"]
     if payload.config is not None:
         payload.files[CONFIG] = present[CONFIG]
     payload.files[CARD] = render_card(payload.meta, payload.config or {}, repo_id).encode()
@@ -103,6 +109,19 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
         for variant in variants:
             payload.files[f"{BN_DIR}/{variant}.md"] = render_variant_card(payload.meta, payload.config, variant, repo_id).encode()
     return payload
+
+
+def _lineage_with_repos(lineage) -> list:
+    """Lineage hops that are published zoo names get their Hub repo (the card's base_model)."""
+    from .catalog import catalog
+
+    models = catalog()["models"]
+    steps = []
+    for step in lineage if isinstance(lineage, list) else []:
+        entry = models.get(step.get("name")) if isinstance(step, dict) and isinstance(step.get("name"), str) else None
+        steps.append({**step, "repo_id": entry["repo_id"]} if isinstance(entry, dict) and "repo_id" not in step
+                     and entry.get("repo_id") else step)
+    return steps
 
 
 def _check_trunk(folder: Path, payload: Payload, variants: list[str]) -> None:
@@ -293,3 +312,23 @@ def write_cards(payload: Payload, cards_dir: str | os.PathLike) -> list[Path]:
         os.replace(temporary, target)
         written.append(target)
     return written
+
+
+def publish_to_mirror(folder: str | os.PathLike, mirror_root: str | os.PathLike, repo_id: str,
+                      repo_type: str = "model") -> str:
+    """Publish a folder as the mirror repo's next commit; return the commit id (no catalog update).
+
+    A model folder is validated first (`prepare`) and its card regenerated; a dataset folder is
+    published as it is (it needs a README.md, its card: `datasets` reads it first and, served by
+    olah, a repo without one looks absent).
+    """
+    from .mirror import commit_files
+
+    if repo_type == "model":
+        payload = prepare(folder, repo_id=repo_id)
+        return commit_files(mirror_root, repo_id, payload.files, f"publish {payload.name}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ZooError(f"{folder} is not a folder")
+    files = {name: path for name, path in _folder_files(folder).items()}
+    return commit_files(mirror_root, repo_id, files, f"publish {repo_id}", repo_type)
