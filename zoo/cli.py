@@ -318,6 +318,9 @@ def main(argv=None) -> int:
     except OSError as error:  # a missing or unreadable file, a read-only cache: the OS's message names the path
         print(f"zoo: error: {str(error)[:990]}", file=sys.stderr)
         return 2
+    except PermissionError as error:  # a read-only mirror, catalog or cards folder: say which, no traceback
+        print(f"zoo: error: {error}; check the path's permissions (or pass another path)", file=sys.stderr)
+        return 2
     except Exception as error:
         from huggingface_hub.errors import HfHubHTTPError
 

@@ -303,7 +303,8 @@ def info(name: str | os.PathLike) -> dict:
         details.update(upstream.converted_details(entry))
     details["terms"] = data_terms(details)
     if implied_bn:
-        details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name)
+        details.update(name=str(name), bn_variant=implied_bn, strategy="base", trunk=entry.name, domain=implied_bn,
+                       method="bn-recalibration")
         # the input the variant's statistics were computed at, where recorded
         details["pretrained_cfg"] = {**details.get("pretrained_cfg", {}),
                                      **details.get("bn_variant_cfg", {}).get(implied_bn, {})}
