@@ -348,7 +348,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
                                                   device_ids=[device] if device.type == "cuda" else None))
     if config["compile"]:
         method.set_runner(torch.compile(method._query_runner or method.query) if isinstance(method, MoCo)
-                          else torch.compile(method._runner or method.encoder))
+                          else torch.compile(method._runner or method.trainable_module()))
     if resume:  # after everything that draws random numbers during setup
         restore_rng_states(resume["rng"], device)
     total = config["steps"]
