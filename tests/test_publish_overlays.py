@@ -76,6 +76,16 @@ def test_base_bn_and_hptbn_overlays_publish_and_load_by_name(olah, mirror_root, 
         assert not torch.equal(by_name(x), trunk_out)
         assert zoo.info(name)["pretrained_cfg"]["input_size"] == input_size  # what the statistics were computed at
         assert list(zoo.transforms(name).transforms[3].size) == input_size[1:]  # the crop at that size
+        # the card's recipe for timm users: the trunk from the Hub + this repo's BN file
+        import timm
+        from huggingface_hub import hf_hub_download
+
+        trunk = zoo.info(TRUNK)
+        plain = timm.create_model(f"hf-hub:{trunk['repo_id']}@{trunk['revision']}", pretrained=True).eval()
+        zoo.apply_bn(plain, hf_hub_download(entry["repo_id"], "bn/animals.safetensors", revision=entry["revision"]),
+                     entry["trunk_sha256"])
+        with torch.no_grad():
+            assert torch.equal(plain(x), zoo.load(name, num_classes=None)(x))
         card = ModelCard(zoo.card(name))
         assert card.data.base_model == "hpt-zoo/sup-imagenet-mnv2"
         assert card.data.to_dict()["base_model_relation"] == "adapter"
