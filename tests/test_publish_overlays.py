@@ -42,8 +42,7 @@ def _hptbn_folder(target: Path) -> Path:
     extract_bn(model, overlay, trunk_sha256=sha, domain="animals", affine=True)
     meta = {"name": "hptbn-animals-mnv2", "strategy": "hptbn", "method": "moco", "arch": "mnv2", "domain": "animals",
             "steps": 100, "license": "Apache-2.0", "license_id": "apache-2.0", "timm_arch": "mobilenetv2_100",
-            "input": {"channels": 3, "image_size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                      "interpolation": "bilinear", "crop_pct": 1.0},
+            "hyperparameters": {"image_size": 64, "crop_pct": 1.0, "steps": 100},  # as an HPT-BN export records
             "lineage": [{"role": "base", "name": TRUNK, "domain": "imagenet", "method": "supervised", "steps": None,
                          "sha256": sha},
                         {"role": "target", "name": "hptbn-animals-mnv2", "domain": "animals", "method": "moco",

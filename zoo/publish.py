@@ -219,6 +219,10 @@ def catalog_entry(payload: Payload, repo_id: str, revision: str) -> dict:
     trunk = payload.trunk_entry
     cfg = dict(trunk.data.get("pretrained_cfg", {}))
     spec = meta.get("input")
+    hyper = meta.get("hyperparameters") if isinstance(meta.get("hyperparameters"), dict) else {}
+    if not isinstance(spec, dict) and isinstance(hyper.get("image_size"), int):  # HPT-BN: its training input
+        spec = {"image_size": hyper["image_size"], **({"crop_pct": hyper["crop_pct"]}
+                                                     if isinstance(hyper.get("crop_pct"), (int, float)) else {})}
     if isinstance(spec, dict) and spec.get("image_size"):  # the statistics were computed at this input
         cfg.update(input_size=[spec.get("channels", cfg.get("input_size", [3])[0]), spec["image_size"],
                                spec["image_size"]],
