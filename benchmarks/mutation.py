@@ -107,16 +107,19 @@ def mutmut(work: Path, *args: str, capture: bool = True) -> str:
     return done.stdout if capture else ""
 
 
-def run_module(module: str, work_root: Path, max_children: int) -> dict:
+def run_module(module: str, work_root: Path, max_children: int, reuse: bool = False) -> dict:
     work = work_root / module.replace("/", "_").removesuffix(".py")
-    scratch_copy(work)
-    configure(work, module, MODULES[module])
     started = time.perf_counter()
-    log = (work / "mutmut.log").open("w")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
-    subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children)],
-                   cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if reuse and (work / "mutants" / "mutmut-stats.json").exists():  # mutmut's verdicts kept; tests refreshed
+        shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
+    else:
+        scratch_copy(work)
+        configure(work, module, MODULES[module])
+        log = (work / "mutmut.log").open("w")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["OMP_NUM_THREADS"] = "1"
+        subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children)],
+                       cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     minutes = (time.perf_counter() - started) / 60
     mutmut(work, "export-cicd-stats")
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
@@ -191,6 +194,8 @@ def main(argv=None) -> int:
                         help="scratch folder for the mutated copies")
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print each module's test selection and exit")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a finished mutmut run in --work; redo only the spawned-process tests and the report")
     parser.add_argument("--run-spawned", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_spawned:  # internal: --run-spawned TEST... -- MUTANT... (the mutants land in `modules`)
@@ -205,7 +210,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for module in args.modules or list(MODULES):
-        row = run_module(module, Path(args.work), args.max_children)
+        row = run_module(module, Path(args.work), args.max_children, args.reuse)
         rows.append(row)
         print(f"| {row['module']} | {row['caught']}/{row['total']} | {row['score']:.1%} | {row['survived']} | "
               f"{row['no_tests']} | {row['minutes']:.0f} |", flush=True)

@@ -74,7 +74,11 @@ def test_bf16_logits_are_upcast_and_float64_kept():
 def _two_ranks(rank: int, init_file: str, results: str):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    import datetime
+
+    # a short timeout: a broken exchange fails the test instead of waiting 30 minutes in a collective
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=20))
     torch.manual_seed(0)  # same weights and queue on both ranks
     moco = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=20, bn_splits=4).eval()
     with torch.no_grad():
@@ -146,3 +150,7 @@ def test_after_backward_before_any_forward_enqueues_nothing():
     queue = moco.queue.clone()
     moco.after_backward()
     assert int(moco.queue_ptr) == 0 and torch.equal(moco.queue, queue)
+    moco(torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2))
+    moco.after_backward()
+    moco.after_backward()  # a step's keys are enqueued once
+    assert int(moco.queue_ptr) == 4
