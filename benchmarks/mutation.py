@@ -128,62 +128,66 @@ def run_module(module: str, work_root: Path, max_children: int, reuse: bool = Fa
     stats = json.loads(stats_file.read_text())
     undetected = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
                   if line.strip().endswith(("survived", "no tests"))]
-    not_reached = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
-                   if line.strip().endswith("no tests")]
-    killed_spawned = spawned_kills(work, module, not_reached)
-    undetected = [name for name in undetected if name not in killed_spawned]
-    caught = stats["killed"] + stats["timeout"] + len(killed_spawned)
+    no_tests = [line.strip().split(":")[0] for line in mutmut(work, "results").splitlines()
+                if line.strip().endswith("no tests")]
+    rechecked = recheck(work, module, undetected)
+    undetected = [name for name in undetected if name not in rechecked]
+    caught = stats["killed"] + stats["timeout"] + len(rechecked)
     score = caught / stats["total"] if stats["total"] else 1.0
     OUT.mkdir(parents=True, exist_ok=True)
-    report = [f"{module}: {caught}/{stats['total']} caught ({score:.1%}); {stats['survived']} survived, "
-              f"{stats['no_tests'] - len(killed_spawned)} not reached by the selected tests; {minutes:.1f} min",
-              f"tests: {' '.join(MODULES[module])}",
-              f"killed by spawned-process tests ({' '.join(SPAWNED.get(module, []))}): {len(killed_spawned)}", ""]
+    left_no_tests = [name for name in undetected if name in no_tests]
+    report = [f"{module}: {caught}/{stats['total']} caught ({score:.1%}); {len(undetected) - len(left_no_tests)} "
+              f"survived, {len(left_no_tests)} not reached by the selected tests; {minutes:.1f} min",
+              f"tests: {' '.join(MODULES[module])} {' '.join(SPAWNED.get(module, []))}",
+              f"mutmut's own verdict: {stats['killed'] + stats['timeout']} caught, {stats['survived']} survived, "
+              f"{stats['no_tests']} no tests; then killed on the recheck (spawned-process tests, and tests added "
+              f"after the mutmut run): {len(rechecked)}", ""]
     for name in undetected:
         diff = [line for line in mutmut(work, "show", name).splitlines()
                 if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
         report += [f"## {name}", *diff, ""]
     (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
     return {"module": module, "caught": caught, "total": stats["total"], "score": score,
-            "survived": stats["survived"], "no_tests": stats["no_tests"] - len(killed_spawned), "minutes": minutes}
+            "survived": len(undetected) - len(left_no_tests), "no_tests": len(left_no_tests), "minutes": minutes}
 
 
-def spawned_kills(work: Path, module: str, names: list[str]) -> list[str]:
-    tests = SPAWNED.get(module)
-    if not tests or not names:
+def recheck(work: Path, module: str, names: list[str]) -> list[str]:
+    """Run the module's tests (fresh copies: tests added since the mutmut run count) and its spawned-process
+    tests on each undetected mutant, in one process inside the mutated copy; returns the mutants they kill."""
+    if not names:
         return []
+    shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
-    # one process runs the tests on every mutant in turn (importing torch once), from the mutated copy
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--run-spawned", *tests, "--", *names],
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--recheck-in", module, "--", *names],
                           cwd=work / "mutants", env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{module}: spawned-process tests failed to run:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{module}: the recheck failed to run:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_spawned(tests: list[str], names: list[str]) -> list[str]:
-    """In the mutated copy: call each test (taking only tmp_path) with each mutant active; a failure kills it."""
-    import importlib
-    import tempfile
+def recheck_in_process(module: str, names: list[str]) -> list[str]:
+    import contextlib
+    import io
+
+    import pytest
 
     sys.path.insert(0, os.getcwd())
-    functions = []
-    for test in tests:
-        path, function = test.split("::")
-        functions.append(getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function))
+    work = Path(os.getcwd())
+    runs = [existing(MODULES[module], work)] + [[test] for test in SPAWNED.get(module, [])]
 
     def fails(mutant: str) -> bool:
         os.environ["MUTANT_UNDER_TEST"] = mutant
-        for function in functions:
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    function(Path(tmp))
-                except Exception:  # an assertion, or the mutant crashing the code under test
-                    return True
+        for selection in runs:
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", *selection])
+            if code == pytest.ExitCode.TESTS_FAILED:
+                return True
+            if code != pytest.ExitCode.OK:
+                raise SystemExit(f"pytest {selection} exited {code} under {mutant!r}")
         return False
     if fails(""):  # the unmutated code must pass, or a failure says nothing about a mutant
-        raise SystemExit(f"{tests} fail without a mutant")
+        raise SystemExit(f"{module}: its tests fail without a mutant")
     return [name for name in names if fails(name)]
 
 
@@ -195,11 +199,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--list", action="store_true", help="print each module's test selection and exit")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep a finished mutmut run in --work; redo only the spawned-process tests and the report")
-    parser.add_argument("--run-spawned", nargs="+", help=argparse.SUPPRESS)
+                        help="keep a finished mutmut run in --work; redo only the recheck of its survivors and the report")
+    parser.add_argument("--recheck-in", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.run_spawned:  # internal: --run-spawned TEST... -- MUTANT... (the mutants land in `modules`)
-        print(json.dumps(run_spawned(args.run_spawned, args.modules)))
+    if args.recheck_in:  # internal: --recheck-in MODULE -- MUTANT... (the mutants land in `modules`)
+        print(json.dumps(recheck_in_process(args.recheck_in, args.modules)))
         return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:

@@ -128,3 +128,35 @@ def test_set_lr_sets_every_group():
     opt = build_optimizer(_model(), "sgd", 0.2, 0.9, 0.01, exclude_bn_bias=True)
     set_lr(opt, 0.05)
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.05]
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_step_lr_every_step_matches_the_study_schedule(warmup):
+    from training.optim import step_lr
+
+    total, peak = 12, 0.3
+    for step in range(total):
+        if step < warmup:
+            expected = peak * (step + 1) / warmup
+        else:
+            expected = peak * (1.0 if step < 4 else 0.1 if step < 8 else 0.01)  # x0.1 at steps 4 and 8
+        assert step_lr(step, total, peak, warmup) == pytest.approx(expected), step
+    assert step_lr(3, total, peak) == pytest.approx(0.3) and step_lr(4, total, peak) == pytest.approx(0.03)
+    assert step_lr(0, 10, 1.0) == 1.0 and step_lr(2, 10, 1.0) == 1.0  # no warm-up unless asked
+    assert step_lr(3, 10, 1.0) == pytest.approx(0.1) and step_lr(7, 10, 1.0) == pytest.approx(0.01)
+
+
+def test_explicit_groups_take_the_optimizers_defaults_and_lr_scale():
+    first, second, frozen_first = _model(), _model(), torch.nn.Linear(2, 2)
+    frozen_first.weight.requires_grad_(False)
+    model = torch.nn.Sequential(frozen_first, first)
+    assert parameter_groups(model, 0.1, exclude_bn_bias=False)[0]["params"][0] is frozen_first.bias
+    sgd = build_optimizer(first, "sgd", 0.2, 0.9, 0.03, True, groups=[
+        {"params": list(first.parameters())[:1], "lars": False},
+        {"params": list(first.parameters())[1:3], "lars": False, "lr_scale": 10.0, "weight_decay": 0.0}])
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.03, 0.0]
+    set_lr(sgd, 0.5)
+    assert [g["lr"] for g in sgd.param_groups] == [0.5, 5.0]
+    lars = build_optimizer(second, "lars", 0.2, 0.9, 0.04, True,
+                           groups=[{"params": list(second.parameters()), "lars": True}])
+    assert lars.param_groups[0]["weight_decay"] == 0.04 and lars.param_groups[0]["momentum"] == 0.9
