@@ -16,4 +16,12 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
     || echo "warning: could not install Fashion-MNIST (apt-get install dataset-fashion-mnist); training tests need it" >&2
 fi
+# Headless Chromium + its WebDriver (Debian packages) for the web catalog's browser test (tests/test_web.py)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } \
+    || echo "warning: could not install chromium + chromium-driver; tests/test_web.py will skip" >&2
+fi
 echo "installed into $VENV"

@@ -207,6 +207,7 @@ def cmd_publish(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import contextlib
     import signal
     import time
 
@@ -216,10 +217,14 @@ def cmd_serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    with serve(args.mirror, args.port) as endpoint:
+    with serve(args.mirror, args.port) as endpoint, contextlib.ExitStack() as pages:
         try:  # the announcement inside: a signal right after it is still a clean stop
             print(f"serving {args.mirror} at {endpoint}; use HF_ENDPOINT={endpoint} HF_HUB_DISABLE_XET=1 "
                   f"(Ctrl-C or SIGTERM stops)", flush=True)
+            if not args.no_web:  # the web catalog (zoo/site), rebuilt when a publish changes the mirror
+                from .site import serve_site
+                url = pages.enter_context(serve_site(args.mirror, args.web_port, endpoint=endpoint))
+                print(f"browse the models at {url}/", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
@@ -294,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a mirror root with olah on loopback")
     p.add_argument("mirror")
     p.add_argument("--port", type=int, help="default: a free port")
+    p.add_argument("--web-port", type=int, help="port of the web catalog pages (default: a free one)")
+    p.add_argument("--no-web", action="store_true", help="serve only the Hub API, no web catalog")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("recommend", parents=[common], help="rank checkpoints for a folder of labelled images")
     p.add_argument("data", help="<dir>/<class>/<image> (or <dir>/train/<class>/<image>)")
