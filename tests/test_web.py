@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from zoo.checkpoint import CARD, META, dump_json, read_json
-from zoo.mirror import catalog_entry, free_port, publish_to_mirror, update_catalog
+from zoo.mirror import commit_files, free_port
+from zoo.publish import publish, publish_to_mirror
 
 pytestmark = pytest.mark.slow  # the module's fixture trains three tiny models
 
@@ -91,22 +92,17 @@ def build_web_mirror(work: Path, published_root: Path) -> tuple[Path, Path, dict
                      overrides={**TINY, "arch": "mnv2"})
     base_animals = hpt.run_base("animals", BASE, made / "base-animals-mnv2", image_size=32, crop_pct=1.0,
                                 max_images=64)
-    for folder, data in ((hpt_animals, "animals"), (target, "animals"), (chain, "digits")):
+    for folder, data in ((hpt_animals, "animals"), (target, "animals"), (base_animals, "animals"), (chain, "digits")):
         _add_evaluation(folder, _knn(folder, data))
+    repos = {BASE: f"hpt-zoo/{BASE}"}
+    for folder, repo_name in ((hpt_animals, "hpt-animals-mnv2"), (chain, "hpt-digits-from-animals-mnv2"),
+                              (target, "target-animals-mnv2"), (base_animals, "base-animals-mnv2-32px")):
+        result = publish(folder, f"hpt-zoo/{repo_name}", mirror=root, catalog=catalog)
+        repos[result["name"]] = result["repo_id"]
+    # a hostile repo that `zoo publish` would refuse, committed straight into the mirror: not in the catalog
     evil = _evil_copy(hpt_animals, made / "evil")
-    repos = {}
-    for folder, repo_name, in_catalog in ((hpt_animals, "hpt-animals-mnv2", True),
-                                          (chain, "hpt-digits-from-animals-mnv2", True),
-                                          (target, "target-animals-mnv2", True),
-                                          (base_animals, "base-animals-mnv2-32px", False),  # an overlay: no catalog
-                                          (evil, "evil-card", True)):
-        name = read_json(folder / META)["name"]
-        repo_id = f"hpt-zoo/{repo_name}"
-        commit = publish_to_mirror(folder, root, repo_id)
-        if in_catalog:
-            update_catalog(catalog, name, catalog_entry(folder, repo_id, commit))
-        repos[name] = repo_id
-    repos[BASE] = f"hpt-zoo/{BASE}"
+    commit_files(root, "hpt-zoo/evil-card", {p.name: p for p in evil.iterdir()}, "evil")
+    repos[EVIL_NAME] = "hpt-zoo/evil-card"
     return root, catalog, repos
 
 
@@ -131,7 +127,7 @@ def web_mirror(olah, mirror_root, tmp_path_factory):
             os.environ["ZOO_HOME"] = saved[1]
 
 
-def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -140,7 +136,7 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise AssertionError(f"zoo serve did not answer {url}: {process.communicate()[0]}")
+                raise AssertionError(f"zoo serve did not answer {url}: {log.read_text()}")
             time.sleep(0.2)
 
 
@@ -149,14 +145,16 @@ def served(web_mirror):
     """`zoo serve MIRROR` as a user runs it: olah + the catalog pages, on loopback."""
     root, catalog, repos = web_mirror
     hub_port, web_port = free_port(), free_port()
+    log = open(root.parent / "serve.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "zoo.cli", "serve", str(root), "--port", str(hub_port),
                                 "--web-port", str(web_port)], env={**os.environ, "ZOO_CATALOG": str(catalog)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{web_port}"
-    _wait_for(url + "/index.html", process)
+    _wait_for(url + "/index.html", process, root.parent / "serve.log")
     yield url, f"http://127.0.0.1:{hub_port}", root, repos
     process.send_signal(signal.SIGINT)  # as Ctrl-C: `zoo serve` stops olah and the pages, then exits
     assert process.wait(30) == 0
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +223,7 @@ def test_index_lists_filters_searches_and_sorts(served, browser):
     scores = browser.execute_script("return Array.from(document.querySelectorAll('#models tbody tr'))"
                                     ".map(r => r.dataset.score)")
     numbers = [float(s) for s in scores if s]
-    assert numbers == sorted(numbers, reverse=True) and len(numbers) == 4 and scores[-2:] == ["", ""]
+    assert numbers == sorted(numbers, reverse=True) and len(numbers) == 5 and scores[-1:] == [""]
     browser.find_element(By.ID, "sort-score").click()
     scores = browser.execute_script("return Array.from(document.querySelectorAll('#models tbody tr'))"
                                     ".map(r => r.dataset.score).filter(s => s)")
@@ -238,7 +236,8 @@ def test_model_page_shows_lineage_evaluations_and_snippets(served, browser):
     url, hub, root, repos = served
     browser.get(url + "/")
     browser.find_element(By.LINK_TEXT, "hpt-digits-from-animals-mnv2").click()
-    meta = read_json(Path(root) / "models" / repos["hpt-digits-from-animals-mnv2"] / META)
+    meta = json.loads(subprocess.run(["git", "-C", str(Path(root) / "models" / repos["hpt-digits-from-animals-mnv2"]),
+                                      "show", "main:zoo.json"], capture_output=True, check=True).stdout)
     hops = browser.find_elements(By.CSS_SELECTOR, "svg.lineage title")  # full names (a long one is clipped)
     assert [h.get_attribute("textContent") for h in hops] == [s["name"] for s in meta["lineage"]]
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.lineage .hopname")) == len(meta["lineage"])
@@ -277,15 +276,17 @@ def test_overlay_page_and_domain_comparison(served, browser):
     browser.get(url + "/")
     browser.find_element(By.LINK_TEXT, "base-animals-mnv2").click()
     use = browser.find_element(By.ID, "use").text
-    assert "snapshot_download(" in use and "timm.create_model" not in use  # an overlay is not a timm checkpoint
+    assert 'zoo.load("base-animals-mnv2")' in use and "timm.create_model" not in use  # not a timm checkpoint
     browser.find_element(By.CSS_SELECTOR, "svg.lineage a").click()  # its base hop -> the trunk's page
     assert browser.find_element(By.CSS_SELECTOR, "h1.modelname").text == BASE
     browser.get(url + "/domains/animals.html")
     table = browser.find_element(By.CSS_SELECTOR, "table.compare").text
-    assert "hpt-animals-mnv2" in table and "target-animals-mnv2" in table
+    compared = ("hpt-animals-mnv2", "target-animals-mnv2", "base-animals-mnv2")
+    assert all(name in table for name in compared)
     bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar")
-    strategies = [read_json(Path(root) / "models" / repos[name] / META)["strategy"]
-                  for name in ("hpt-animals-mnv2", "target-animals-mnv2")]  # the target run records "moco"
+    strategies = [json.loads(subprocess.run(["git", "-C", str(Path(root) / "models" / repos[name]), "show",
+                                             "main:zoo.json"], capture_output=True, check=True).stdout)["strategy"]
+                  for name in compared]  # (the target run records its method, "moco", as strategy)
     assert sorted(b.get_attribute("class") for b in bars) == sorted(f"bar s-{s}" for s in strategies)
     _screenshot(browser, "web-domain.png")
 
@@ -308,6 +309,7 @@ def test_script_payloads_do_not_run(served, browser):
     for link in card.find_elements(By.TAG_NAME, "a"):
         link.click()  # a javascript: link would run here
     assert f"python {PAYLOAD}" in browser.find_element(By.ID, "evaluations").text
+    assert "snapshot_download(" in browser.find_element(By.ID, "use").text  # not in the catalog: load the folder
     time.sleep(0.3)
     assert browser.execute_script("return window.__pwned") is None
     assert browser.title.startswith("evil<script>")
@@ -317,17 +319,23 @@ def test_script_payloads_do_not_run(served, browser):
 def test_readable_at_phone_width_and_in_dark_mode(served, browser):
     from selenium.webdriver.common.by import By
 
-    url, _, _, repos = served
+    url, _, root, repos = served
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # a phone: 390 CSS px, mobile viewport rules
                             {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
     try:
         for path in ("/", f"/models/{repos['hpt-digits-from-animals-mnv2']}.html", "/domains/animals.html"):
             browser.get(url + path)
-            width, overflowing = browser.execute_script(
-                "const w = document.documentElement.clientWidth; return [document.documentElement.scrollWidth - w, "
-                "Array.from(document.querySelectorAll('body *')).filter(e => !e.closest('.scroll, pre') && "
-                "e.getBoundingClientRect().right > w + 0.5).map(e => e.tagName + '.' + e.className).slice(0, 5)]")
-            assert width <= 0 and not overflowing, f"{path} is wider than a phone: {width}px, {overflowing}"
+            styled = browser.execute_script("return getComputedStyle(document.querySelector('main')).maxWidth")
+            assert styled == "1100px", f"{path}: style.css not applied; server log: " \
+                                       f"{(Path(root).parent / 'serve.log').read_text()[-2000:]}"
+            width, overflowing, wide = browser.execute_script(
+                "const w = document.documentElement.clientWidth; const out = e => e.getBoundingClientRect().right > w + 0.5;"
+                "const all = Array.from(document.querySelectorAll('body *'));"
+                "return [document.documentElement.scrollWidth - w, "
+                "all.filter(e => !e.closest('.scroll, pre') && out(e)).map(e => e.tagName + '.' + e.className).slice(0, 5),"
+                "all.filter(out).map(e => e.tagName + '.' + e.className + ':' + e.getBoundingClientRect().right).slice(0, 12)"
+                ".concat([window.innerWidth, w, window.visualViewport.width, window.visualViewport.scale])]")
+            assert width <= 0 and not overflowing, f"{path} is wider than a phone: {width}px, {overflowing}, {wide}"
         browser.get(url + "/")
         _screenshot(browser, "web-index-phone.png", full_page=False)
     finally:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
-from zoo.mirror import publish_to_mirror
+from zoo.mirror import commit_files
 from zoo.site import build_site
 from zoo.site.pages import CSP
 
 PAYLOAD = '<script>window.__pwned = 1</script>'
+
+
+def publish_to_mirror(folder: Path, mirror: Path, repo_id: str) -> None:
+    """Commit the files as they are: a mirror can hold what `zoo publish` would refuse (someone else's git push)."""
+    commit_files(mirror, repo_id, {p.name: p for p in folder.iterdir()}, "test")
 
 
 def _folder(tmp_path: Path, name: str, meta: dict, card: str) -> Path:
@@ -37,11 +41,9 @@ def test_hostile_text_is_escaped_and_never_a_path(tmp_path):
     publish_to_mirror(_folder(tmp_path, "evil", hostile, card), mirror, "org/evil")
     publish_to_mirror(_folder(tmp_path, "plain", {"name": "plain-mnv2", "strategy": "hpt"}, "# plain\n"),
                       mirror, "org/plain")
-    publish_to_mirror(_folder(tmp_path, "broken", {"name": "broken"}, "# broken\n"), mirror, "org/broken")
-    broken = mirror / "models" / "org" / "broken"  # then a bad zoo.json committed behind publish's back
+    broken = _folder(tmp_path, "broken", {"name": "broken"}, "# broken\n")
     (broken / "zoo.json").write_text("{not json")
-    subprocess.run(["git", "-C", str(broken), "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "x"],
-                   check=True)
+    publish_to_mirror(broken, mirror, "org/broken")
     (mirror / "models" / "org" / "linked").symlink_to(mirror / "models" / "org" / "plain")
 
     site = build_site(mirror, tmp_path / "site", catalog={"models": {}})

@@ -54,6 +54,14 @@ def split_front_matter(card: str) -> tuple[str | None, str]:
     return None, card
 
 
+def _header_value(value) -> str:
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return esc(", ".join(map(str, value)))
+    if isinstance(value, (dict, list)):  # model-index and the like: nested, shown as JSON
+        return f'<code class="json">{esc(json.dumps(value, default=str))}</code>'
+    return esc(value)
+
+
 def render_card(card: str) -> tuple[str, str]:
     """(metadata table HTML, body HTML) of a model card."""
     header, body = split_front_matter(card)
@@ -66,8 +74,7 @@ def render_card(card: str) -> tuple[str, str]:
         except yaml.YAMLError:
             data = None
         if isinstance(data, dict):
-            rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(', '.join(map(str, v)) if isinstance(v, list) else v)}"
-                           f"</td></tr>" for k, v in data.items())
+            rows = "".join(f"<tr><th>{esc(k)}</th><td>{_header_value(v)}</td></tr>" for k, v in data.items())
             table = f'<table class="meta">{rows}</table>'
         else:
             table = f"<pre>{esc(header)}</pre>"

@@ -6,6 +6,7 @@ mirror's fingerprint (at most once a second) and rebuilds if it moved: a reload 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import threading
 import time
@@ -40,6 +41,9 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # quiet: `zoo serve` prints its own one line
         pass
 
+    def log_error(self, format, *args):  # but failures are said
+        sys.stderr.write(f"zoo serve: web catalog: {self.address_string()} {format % args}\n")
+
 
 class SiteServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -47,12 +51,13 @@ class SiteServer(ThreadingHTTPServer):
     def __init__(self, mirror_root, site_dir: Path, address: tuple[str, int], endpoint: str | None = None):
         from . import build_site, mirror_state
 
-        self.mirror_root, self.site_dir, self.endpoint = Path(mirror_root), Path(site_dir), endpoint
+        self.mirror_root, self.endpoint = Path(mirror_root), endpoint
+        self._root, self._version = Path(site_dir), 0  # each build goes to a new folder: no request sees a swap
         self._build, self._state = build_site, mirror_state
         self._lock = threading.Lock()
         self._checked = 0.0
         self._built_for = self._state(self.mirror_root)
-        build_site(self.mirror_root, self.site_dir, endpoint=endpoint)
+        self.site_dir = build_site(self.mirror_root, self._root / "0", endpoint=endpoint)
         try:
             super().__init__(address, _Handler)
         except OSError as error:
@@ -69,8 +74,15 @@ class SiteServer(ThreadingHTTPServer):
             if state == self._built_for:
                 return
             try:
-                self._build(self.mirror_root, self.site_dir, endpoint=self.endpoint)
+                previous = self.site_dir
+                self.site_dir = self._build(self.mirror_root, self._root / str(self._version + 1),
+                                            endpoint=self.endpoint)
+                self._version += 1
                 self._built_for = state
+                stale = self._root / str(self._version - 2)  # two builds old: its requests have long finished
+                if stale != previous and stale.exists():
+                    shutil.rmtree(stale, ignore_errors=True)
+                print("zoo serve: the mirror changed; catalog pages rebuilt", file=sys.stderr, flush=True)
             except Exception as error:  # keep serving the last good pages
                 print(f"zoo serve: could not rebuild the catalog pages: {error}", file=sys.stderr, flush=True)
 
