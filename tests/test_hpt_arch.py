@@ -144,3 +144,25 @@ def test_each_recipe_builds_its_declared_arch(path):
     assert spec["name"] == path.stem
     assert parse_name(spec["name"]).arch == spec["arch"]
     assert hpt.planned_arch(spec) == spec["arch"]  # what run() would build, without training
+
+
+def test_publish_refuses_a_name_that_disagrees_and_writes_nothing(bases, tmp_path):
+    from zoo.publish import publish
+
+    folder = bases("r18")  # target-animals-r18
+    mirror, catalog = tmp_path / "mirror", tmp_path / "catalog.json"
+    for wrong, part in (("target-animals-r50", "arch 'r50' in the name, 'r18'"),
+                        ("hpt-animals-r18", "strategy 'hpt' in the name, 'target'"),
+                        ("target-digits-r18", "domain 'digits' in the name, 'animals'")):
+        with pytest.raises(NameMismatchError, match=part):
+            publish(folder, "zoo/x", mirror=mirror, catalog=catalog, name=wrong)
+    assert not mirror.exists() and not catalog.exists()
+    tampered = tmp_path / "tampered"  # a zoo.json whose name was edited by hand to claim another arch
+    import shutil
+    shutil.copytree(folder, tampered)
+    meta = _read(tampered, "zoo.json")
+    (tampered / "zoo.json").write_text(json.dumps({**meta, "name": "target-animals-mnv2"}))
+    with pytest.raises(NameMismatchError, match="arch 'mnv2' in the name, 'r18'"):
+        publish(tampered, "zoo/x", mirror=mirror, catalog=catalog)
+    assert not mirror.exists()
+    assert publish(folder, "zoo/target-animals-r18", mirror=mirror, catalog=catalog)["name"] == "target-animals-r18"

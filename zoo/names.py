@@ -127,26 +127,27 @@ def canonical(text: str) -> str:
     return format_name(parse_name(text))
 
 
-def check_name_agrees(name: str, *, strategy: str, domain: str | None, arch: str,
+def check_name_agrees(name: str, *, strategy: str | None, domain: str | None, arch: str | None,
                       architecture: str | None = None, where: str = "the checkpoint") -> ModelName:
     """Refuse a name that says something else than the checkpoint: its strategy, domain and arch must be
-    what zoo.json records (and the arch's timm architecture what config.json builds)."""
+    what zoo.json records (and the arch's timm architecture what config.json builds). A field the
+    checkpoint does not record (None) is not compared."""
     from .errors import NameMismatchError
 
     parsed = parse_name(name)
     problems = []
-    if parsed.strategy != strategy:
+    if strategy is not None and parsed.strategy != strategy:
         problems.append(f"strategy {parsed.strategy!r} in the name, {strategy!r} in {where}")
     if domain is not None and parsed.domain != resolve_domain_name(domain):
         problems.append(f"domain {parsed.domain!r} in the name, {domain!r} in {where}")
-    if parsed.arch != arch:
+    if arch is not None and parsed.arch != arch:
         problems.append(f"arch {parsed.arch!r} in the name, {arch!r} in {where}")
     elif architecture is not None and ARCHS[parsed.arch] != architecture:
         problems.append(f"arch {parsed.arch!r} ({ARCHS[parsed.arch]}) in the name, architecture {architecture!r} "
                         f"in config.json")
     if problems:
-        fitting = ModelName(strategy, resolve_domain_name(domain or "") or parsed.domain, arch, parsed.source,
-                            parsed.steps)
+        fitting = ModelName(strategy or parsed.strategy, resolve_domain_name(domain or "") or parsed.domain,
+                            arch or parsed.arch, parsed.source, parsed.steps)
         raise NameMismatchError(f"the name {name!r} disagrees with {where}: {'; '.join(problems)}. "
                                 f"Use a name that matches, e.g. {format_name(fitting)!r}")
     return parsed

@@ -96,6 +96,7 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
         _check_overlay(folder, payload, variants)
     else:
         _check_trunk(folder, payload, variants)
+    _check_name_agrees(folder, payload)
     from .cards import render_card, render_variant_card
 
     payload.files = {filename: present[filename] for filename in sorted(records)}
@@ -109,6 +110,18 @@ def prepare(folder: str | os.PathLike, name: str | None = None, repo_id: str | N
         for variant in variants:
             payload.files[f"{BN_DIR}/{variant}.md"] = render_variant_card(payload.meta, payload.config, variant, repo_id).encode()
     return payload
+
+
+def _check_name_agrees(folder: Path, payload: Payload) -> None:
+    """The name users will load must say what the folder holds (strategy, domain, arch as zoo.json records
+    them; the arch's timm architecture as config.json builds it)."""
+    from .names import check_name_agrees
+
+    meta = payload.meta
+    fields = {key: meta.get(key) if isinstance(meta.get(key), str) else None for key in ("strategy", "domain", "arch")}
+    architecture = (payload.config or {}).get("architecture") or meta.get("timm_arch")
+    check_name_agrees(payload.name, **fields, architecture=architecture if isinstance(architecture, str) else None,
+                      where=f"{folder}'s zoo.json/config.json")
 
 
 def _lineage_with_repos(lineage) -> list:
