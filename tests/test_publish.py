@@ -78,7 +78,7 @@ def test_publish_twice_keeps_history_and_every_pin_loads(olah, mirror_root, hub_
                                                         monkeypatch):
     from zoo.publish import publish
 
-    repo_id, name = "zoo-tests/history-mnv2", "history-imagenet-mnv2"
+    repo_id, name = "zoo-tests/history-mnv2", "sup-imagenet-mnv2-1"  # a name that agrees with the folder
     catalog = tmp_path / "catalog.json"
     first = publish(default_folder, repo_id, mirror=mirror_root, catalog=catalog, name=name)["revision"]
     pinned_first = tmp_path / "catalog-first.json"
