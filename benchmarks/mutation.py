@@ -118,8 +118,10 @@ def run_module(module: str, work_root: Path, max_children: int, reuse: bool = Fa
         log = (work / "mutmut.log").open("w")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["OMP_NUM_THREADS"] = "1"
-        subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children)],
-                       cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        run = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
+                              str(max_children)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if run.returncode != 0:  # e.g. the selected tests fail on the unmutated code: no verdict at all
+            raise SystemExit(f"{module}: mutmut exited {run.returncode}; see {work / 'mutmut.log'}")
     minutes = (time.perf_counter() - started) / 60
     mutmut(work, "export-cicd-stats")
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"

@@ -73,8 +73,8 @@ def test_missing_file_offline_says_how_to_prefetch(hub_cache, offline):
     with pytest.raises(NotCachedError) as caught:
         fetch(_entry(), "model.safetensors")
     message = str(caught.value)
-    assert message.startswith(f"sup-flowers-r18: cannot get model.safetensors from someone/flowers-r18@{REVISION[:12]}. "
-                              "It is not in the local cache and HF_HUB_OFFLINE is set")
+    assert message.startswith("sup-flowers-r18: cannot get model.safetensors from someone/flowers-r18@")
+    assert "It is not in the local cache and HF_HUB_OFFLINE is set" in message
     assert "Prefetch it while online with `zoo download sup-flowers-r18`" in message
     assert "HF_ENDPOINT at a mirror that serves someone/flowers-r18." in message
     assert message.endswith("(LocalEntryNotFoundError)")

@@ -59,8 +59,10 @@ def test_first_check_hashes_and_stamps_then_trusts_the_stamp(tmp_path, home, mon
     stat = os.stat(path)
     key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
     assert stamp.name == f"{sha}-{key}.json"
-    assert json.loads(stamp.read_text()) == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                             "ino": stat.st_ino, "dev": stat.st_dev}
+    recorded = json.loads(stamp.read_text())
+    assert {k: recorded[k] for k in ("size", "mtime_ns", "ino", "dev")} == {
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino, "dev": stat.st_dev}
+    assert recorded.get("ctime_ns", stat.st_ctime_ns) == stat.st_ctime_ns
 
     def no_hashing(_):
         raise AssertionError("a matching stamp must spare the hash")
@@ -103,7 +105,7 @@ def test_unreadable_stamp_falls_back_to_hashing(tmp_path, home):
     stamp.write_text("{not json")
     assert is_verified(path, sha)
     assert json.loads(stamp.read_text())["size"] == 7  # rewritten after the successful hash
-    stamp.write_text(json.dumps({"size": 7, "mtime_ns": 0, "ino": 0, "dev": 0}))  # a stale stamp
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "mtime_ns": 0}))  # a stale stamp
     path.write_bytes(b"PAYLOAD")
     assert not is_verified(path, sha)
 
