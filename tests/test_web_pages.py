@@ -74,3 +74,32 @@ def test_rebuild_replaces_the_site(tmp_path):
     build_site(mirror, site, catalog={"models": {}})
     assert (site / "models/org/two.html").exists() and "two-mnv2" in (site / "index.html").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mirror", "site", "src"]  # no staging left behind
+
+
+def test_served_pages_follow_publishes_and_catalog_pins(tmp_path, monkeypatch):
+    import time
+    import urllib.request
+
+    from zoo.site import serve_site
+
+    catalog = tmp_path / "catalog.json"
+    monkeypatch.setenv("ZOO_CATALOG", str(catalog))
+    mirror = tmp_path / "mirror"
+    publish_to_mirror(_folder(tmp_path, "one", {"name": "one-mnv2"}, "# one\n"), mirror, "org/one")
+
+    def page(url):
+        with urllib.request.urlopen(url) as response:
+            assert response.headers["Content-Security-Policy"] == CSP
+            return response.read().decode()
+    with serve_site(mirror) as url:
+        assert "org/one" in page(url + "/") and "org/two" not in page(url + "/")
+        publish_to_mirror(_folder(tmp_path, "two", {"name": "two-mnv2"}, "# two\n"), mirror, "org/two")
+        time.sleep(1.1)  # the server looks at the mirror at most once a second
+        assert "org/two" in page(url + "/")
+        assert "Not in the catalog" in page(url + "/models/org/two.html")
+        catalog.write_text(json.dumps({"models": {"two-mnv2": {"repo_id": "org/two", "revision": "0" * 40,
+                                                               "timm_arch": "mobilenetv2_100", "num_classes": 0,
+                                                               "files": {"model.safetensors": {
+                                                                   "sha256": "0" * 64, "size": 1}}}}}))
+        time.sleep(1.1)  # pinned after the commit, as `zoo publish --catalog` does: seen too
+        assert "In the catalog as <code>two-mnv2</code>" in page(url + "/models/org/two.html")

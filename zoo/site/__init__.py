@@ -65,8 +65,11 @@ def build_site(mirror_root: str | os.PathLike, out_dir: str | os.PathLike, *, en
 
 
 def mirror_state(mirror_root: str | os.PathLike) -> tuple:
-    """Cheap fingerprint of what the mirror serves: every repo's `main` ref (a publish replaces the repo)."""
-    state = []
+    """Cheap fingerprint of what the pages show: every repo's `main` ref and the catalog files' mtimes (a publish
+    commits, then pins the commit in a catalog: both must be seen)."""
+    from ..catalog import catalog_paths
+
+    state = [(str(path), path.stat().st_mtime_ns if path.exists() else None) for path in catalog_paths()]
     for repo_id, folder in mirror_repos(mirror_root):
         ref = folder / ".git" / "refs" / "heads" / "main"
         try:
