@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import re
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -254,9 +255,47 @@ def resolve(text: str) -> tuple[Entry, str | None]:
 
 
 def _upstream_entry(text: str, data: dict) -> Entry | None:
-    section = data["upstream"]  # the name or one of its aliases
-    name = text if text in section else next((n for n, d in section.items() if text in d.get("aliases", ())), None)
+    name = find_upstream(text, data["upstream"])  # the name or one of its aliases, its entry checked
     return Entry(name, {**data["upstream"][name], "kind": "upstream"}) if name else None
+
+
+# upstream names become folder names under $ZOO_HOME/upstream
+UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,95}$")
+
+
+def find_upstream(text: str, section: dict) -> str | None:
+    """The upstream name for a name or one of its aliases (entries are checked before use)."""
+    name = text if text in section else next((n for n, data in section.items() if isinstance(data, dict)
+                                              and isinstance(data.get("aliases"), list) and text in data["aliases"]), None)
+    if name is not None:
+        check_entry(name, section[name])
+    return name
+
+
+def check_entry(name: str, data) -> None:
+    """An upstream entry from a catalog (possibly a hostile ZOO_CATALOG): the fields the loader relies on."""
+    from .convert import FORMATS
+    from .errors import CatalogError
+
+    source = data.get("source") if isinstance(data, dict) else None
+    problems = [] if isinstance(data, dict) and isinstance(source, dict) else ["a 'source' object"]
+    if not problems:
+        if not isinstance(data.get("timm_arch"), str):
+            problems.append("timm_arch")
+        if not (isinstance(source.get("url"), str) and source["url"].startswith(("https://", "http://"))):
+            problems.append("source.url (http/https)")
+        if source.get("format") not in FORMATS:
+            problems.append(f"source.format (one of {', '.join(FORMATS)})")
+        for key in ("sha256", "md5_prefix"):
+            if source.get(key) is not None and not (isinstance(source[key], str) and re.fullmatch(r"[0-9a-f]{8,64}", source[key])):
+                problems.append(f"source.{key} (lowercase hex)")
+    if not UPSTREAM_NAME.match(name) or ".." in name:
+        problems.append("a name of lowercase letters, digits, '-', '_', '.'")
+    if problems:
+        raise CatalogError(f"upstream entry {name[:80]!r} lacks {', '.join(problems)}; fix the catalog (the packaged "
+                           f"zoo/catalog.json or a file listed in ZOO_CATALOG)")
+
+
 
 
 def check_variant(entry: Entry, bn: str) -> str:

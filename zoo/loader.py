@@ -225,7 +225,8 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
     entry, implied_bn = resolve(str(name))
     if entry.data.get("kind") == "upstream":  # a publisher's file, converted into the zoo cache on first use
         from . import upstream
-        return upstream.load(entry, bn=bn, revision=revision, num_classes=num_classes, device=device, dtype=dtype)
+        return _load_local(upstream.folder_to_load(entry, bn=bn, revision=revision), None, num_classes, device,
+                           dtype)
     revision = check_revision(entry, revision)
     if revision is not None:
         revision = resolve_revision(entry, revision)  # a branch or tag: one commit for every file

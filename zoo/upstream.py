@@ -26,50 +26,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .catalog import Entry
+from .catalog import UPSTREAM_NAME as _NAME, Entry
 from .checkpoint import META, is_checkpoint_dir, read_json
 from .errors import CheckpointFormatError, IntegrityError, NotCachedError, UnknownVariantError, ZooError
 from .integrity import zoo_home
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,95}$")
 MAX_DOWNLOAD_BYTES = 4 << 30  # the largest R50 training checkpoint with optimizer state is far below this
 
 
 def is_upstream(entry: Entry) -> bool:
     return entry.data.get("kind") == "upstream"
-
-
-def find(text: str, section: dict) -> str | None:
-    """The upstream name for a name or one of its aliases (entries are checked before use)."""
-    name = text if text in section else next((n for n, data in section.items() if isinstance(data, dict)
-                                              and isinstance(data.get("aliases"), list) and text in data["aliases"]), None)
-    if name is not None:
-        check_entry(name, section[name])
-    return name
-
-
-def check_entry(name: str, data) -> None:
-    """An upstream entry from a catalog (possibly a hostile ZOO_CATALOG): the fields the loader relies on."""
-    from .convert import FORMATS
-    from .errors import CatalogError
-
-    source = data.get("source") if isinstance(data, dict) else None
-    problems = [] if isinstance(data, dict) and isinstance(source, dict) else ["a 'source' object"]
-    if not problems:
-        if not isinstance(data.get("timm_arch"), str):
-            problems.append("timm_arch")
-        if not (isinstance(source.get("url"), str) and source["url"].startswith(("https://", "http://"))):
-            problems.append("source.url (http/https)")
-        if source.get("format") not in FORMATS:
-            problems.append(f"source.format (one of {', '.join(FORMATS)})")
-        for key in ("sha256", "md5_prefix"):
-            if source.get(key) is not None and not (isinstance(source[key], str) and re.fullmatch(r"[0-9a-f]{8,64}", source[key])):
-                problems.append(f"source.{key} (lowercase hex)")
-    if not _NAME.match(name) or ".." in name:
-        problems.append("a name of lowercase letters, digits, '-', '_', '.'")
-    if problems:
-        raise CatalogError(f"upstream entry {name[:80]!r} lacks {', '.join(problems)}; fix the catalog (the packaged "
-                           f"zoo/catalog.json or a file listed in ZOO_CATALOG)")
 
 
 def cache_root() -> Path:
@@ -279,16 +245,15 @@ def trunk_sha256(name: str) -> str:
     return read_json(ensure(resolve(name)[0]) / META)["trunk_sha256"]
 
 
-def load(entry: Entry, *, bn=None, revision=None, num_classes=0, device=None, dtype=None):
-    """zoo.load for an upstream name: the cached conversion (made on first use)."""
+def folder_to_load(entry: Entry, *, bn=None, revision=None) -> Path:
+    """For zoo.load of an upstream name: the cached conversion's folder (converted on first use), which the
+    loader then reads like any local checkpoint folder."""
     if bn:
         raise UnknownVariantError(f"{entry.name} has no BN variants (an upstream release); make one with "
                                   f"zoo.recalibrate_bn + zoo.extract_bn on zoo.load({entry.name!r})")
     if revision:
         raise ZooError(f"{entry.name} is converted from its publisher's file, which has no revisions; drop revision=")
-    from .loader import load as load_local
-
-    return load_local(ensure(entry), num_classes=num_classes, device=device, dtype=dtype)
+    return ensure(entry)
 
 
 def card(entry: Entry) -> str:
