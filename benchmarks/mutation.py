@@ -31,7 +31,7 @@ OUT = ROOT / "benchmarks" / "results" / "mutation"
 # session-wide mirror or a two-process launch per mutant would not fit a session.
 T = "tests/"
 MODULES: dict[str, list[str]] = {
-    "zoo/names.py": [T + "test_zoo_names.py", T + "test_names_strength.py", T + "test_survivors_zoo.py",
+    "zoo/names.py": [T + "test_names_strength.py", T + "test_survivors_zoo.py", T + "test_zoo_names.py",
                      "-k", "not model_cards and not build and not recalibration and not overlay"],
     "zoo/build.py": [T + "test_survivors_zoo.py", T + "test_build_strength.py", T + "test_zoo_convert_bn.py",
                      "-k", "build or local_folder or missing_keys or wrong_shapes or stem or meta or finish or describe"],

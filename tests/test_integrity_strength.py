@@ -121,3 +121,41 @@ def test_require_verified_message_names_what_where_and_the_fix(tmp_path, home):
                                  f"(size 5, expected 9). Re-export the folder.")
     with pytest.raises(IntegrityError, match=r"\(size None, expected 9\)"):
         require_verified(tmp_path / "absent", wanted, 9, "x", "y")
+
+
+def test_unwritable_stamp_folder_still_verifies_and_warns_once(tmp_path, monkeypatch):
+    import re
+    import warnings
+
+    blocker = tmp_path / "zoo-home-is-a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ZOO_HOME", str(blocker))
+    monkeypatch.setattr(integrity, "_warned_read_only", set())
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert is_verified(path, _sha(b"data"))
+        assert is_verified(path, _sha(b"data"))  # hashed again (no stamp), warned once
+    assert len(caught) == 1 and caught[0].category is RuntimeWarning
+    assert caught[0].filename == __file__  # points at the caller of is_verified
+    folder = str(blocker / "verified")
+    assert re.fullmatch(rf"cannot record verification stamps in {re.escape(folder)} \(([A-Za-z ]+)\); files are "
+                        r"verified by a full sha256 on every load\. Set ZOO_HOME to a writable folder to make "
+                        r"repeated loads fast\.", str(caught[0].message)), str(caught[0].message)
+    assert blocker.read_text() == "not a folder" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_stamp_records_exactly_the_file_identity(tmp_path, home):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"x")
+    assert is_verified(path, _sha(b"x"))
+    [stamp] = _stamps(home)
+    assert set(json.loads(stamp.read_text())) == {"size", "mtime_ns", "ctime_ns", "ino", "dev"}
+
+
+def test_require_verified_checks_the_size_too(tmp_path, home):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"12345")
+    with pytest.raises(IntegrityError, match=r"\(size 5, expected 6\)"):
+        require_verified(path, _sha(b"12345"), 6, "model", "fix")
