@@ -71,3 +71,53 @@ def test_recalibration_refusals():
     model[1].momentum = 0.5
     zoo.recalibrate_bn(model, [torch.randn(2, 3, 5, 5), torch.randn(3, 3, 5, 5)])
     assert model[1].momentum == 0.5 and int(model[1].num_batches_tracked) == 2 and not model.training
+
+
+def _overlay_file(tmp_path, change, metadata=None):
+    overlay = zoo.extract_bn(_net())
+    change(overlay)
+    path = tmp_path / "bad.safetensors"
+    save_state_dict(overlay, path, metadata if metadata is not None else
+                    {"zoo_overlay": "1", "trunk_sha256": "ab" * 32, "kind": "stats"})
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda o: o.update({"1.running_mean": torch.zeros(1)}),
+     "BN overlay bad.safetensors: 1.running_mean has shape [1], the model's has [4]; the overlay was made for "
+     "another architecture"),
+    (lambda o: o.update({"1.running_var": torch.ones(4, dtype=torch.int64)}),
+     "BN overlay bad.safetensors: 1.running_var is torch.int64, the model's is torch.float32"),
+    (lambda o: o.update({"4.running_mean": torch.tensor([0.0, float("nan")])}),
+     "BN overlay bad.safetensors: 4.running_mean has NaN or infinite values"),
+    (lambda o: o.update({"1.running_var": torch.tensor([1.0, -1.0, 1.0, 1.0])}),
+     "BN overlay bad.safetensors: 1.running_var has negative values (a variance or count cannot be negative); "
+     "recompute the overlay with zoo.recalibrate_bn"),
+    (lambda o: o.update({"4.num_batches_tracked": torch.tensor(-3)}),
+     "BN overlay bad.safetensors: 4.num_batches_tracked has negative values (a variance or count cannot be "
+     "negative); recompute the overlay with zoo.recalibrate_bn"),
+])
+def test_hostile_overlay_values_are_refused_by_name(tmp_path, change, message):
+    path = _overlay_file(tmp_path, change)
+    target = _net()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointFormatError) as caught:
+        zoo.apply_bn(target, path, "ab" * 32)
+    assert str(caught.value) == message
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+    # negative means are fine: only variances and counts must be >= 0
+    ok = _overlay_file(tmp_path, lambda o: o.update({"1.running_mean": -torch.ones(4)}))
+    assert torch.equal(zoo.apply_bn(_net(), ok, "ab" * 32)[1].running_mean, -torch.ones(4))
+
+
+def test_unreadable_or_unbound_overlays(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 3)
+    with pytest.raises(CheckpointFormatError, match=r"^garbage\.safetensors is not a readable safetensors file \("):
+        zoo.apply_bn(_net(), garbage, None)
+    unbound = _overlay_file(tmp_path, lambda o: None, {"zoo_overlay": "1", "kind": "stats"})
+    with pytest.raises(IncompatibleOverlayError, match=r"^BN overlay bad\.safetensors was made for trunk \.\.\., "):
+        zoo.apply_bn(_net(), unbound, "cd" * 32)
+    path = tmp_path / "plain.safetensors"
+    zoo.extract_bn(_net(), path, trunk_sha256="ab" * 32)
+    assert overlay_metadata(path)["domain"] == ""
