@@ -104,10 +104,12 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .engine import NonFiniteLossError, Preempted, PREEMPTED_EXIT_CODE
     from .offline_sets import DataNotFoundError
+    from .runfiles import RunFileError
     try:
         return {"pretrain": _pretrain, "export": _export, "evaluate": _evaluate, "hpt": _hpt,
                 "prepare": _prepare}[args.command](args)
-    except (ConfigError, DataNotFoundError, ZooError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (ConfigError, DataNotFoundError, ZooError, RunFileError, FileNotFoundError, FileExistsError,
+            ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

@@ -6,6 +6,7 @@ resolved dict is what the run directory keeps (config.yaml) and what export reco
 from __future__ import annotations
 
 import difflib
+import math
 import json
 from pathlib import Path
 
@@ -70,8 +71,7 @@ def read_recipe(path: str | Path) -> dict:
             import tomllib
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         elif path.suffix == ".json":
             data = json.loads(text)
         else:
@@ -120,7 +120,8 @@ def resolve(recipe: dict | None = None, overrides: dict | None = None) -> dict:
               "arch": arch}
     _validate(config)
     if isinstance(config["warmup_steps"], str):  # "5%" of the run
-        config["warmup_steps"] = int(round(float(config["warmup_steps"].rstrip("%")) / 100 * config["steps"]))
+        percent = float(config["warmup_steps"].strip()[:-1])
+        config["warmup_steps"] = min(config["steps"] - 1, int(round(percent / 100 * config["steps"])))
     return config
 
 
@@ -135,18 +136,7 @@ def _validate(config: dict) -> None:
         value = config[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{key} must be a positive integer, not {value!r}")
-    for key in ("lr", "temperature", "knn_t"):
-        if not isinstance(config[key], (int, float)) or config[key] <= 0:
-            raise ConfigError(f"{key} must be a positive number, not {config[key]!r}")
-    if not 0 <= config["ema_momentum"] < 1:
-        raise ConfigError(f"ema_momentum must be in [0, 1), not {config['ema_momentum']}")
-    if config["weight_decay"] < 0:
-        raise ConfigError("weight_decay must be >= 0")
-    warmup = config["warmup_steps"]
-    if isinstance(warmup, str) and not warmup.rstrip("%").replace(".", "", 1).isdigit():
-        raise ConfigError(f"warmup_steps must be an integer or a percentage like '5%', not {warmup!r}")
-    if isinstance(warmup, int) and not 0 <= warmup < config["steps"]:
-        raise ConfigError(f"warmup_steps ({warmup}) must be smaller than steps ({config['steps']})")
+    _validate_values(config)
     problems = registry.validate(config)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -159,6 +149,80 @@ def _validate(config: dict) -> None:
         raise ConfigError(f"augment must be one of {sorted(RECIPES)} or a mapping, not {config['augment']!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+MIN_IMAGE_SIZE = 16  # below this a ResNet's last feature map is empty of content: almost surely a typo
+
+
+def _validate_values(config: dict) -> None:
+    """Every numeric hyperparameter: type, finiteness and range (NaN and inf never pass)."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, not {config[key]!r}")
+
+    for key in ("lr", "temperature", "knn_t"):
+        need(_is_number(config[key]) and config[key] > 0, key, "a positive finite number")
+    need(_is_number(config["weight_decay"]) and config["weight_decay"] >= 0, "weight_decay", "a finite number >= 0")
+    need(_is_number(config["momentum"]) and 0 <= config["momentum"] < 1, "momentum", "a number in [0, 1)")
+    need(_is_number(config["ema_momentum"]) and 0 <= config["ema_momentum"] < 1, "ema_momentum", "a number in [0, 1)")
+    need(config["clip_grad"] is None or (_is_number(config["clip_grad"]) and config["clip_grad"] > 0), "clip_grad",
+         "a positive finite number (the largest gradient norm) or null for no clipping")
+    need(config["image_size"] is None or (_is_int(config["image_size"]) and config["image_size"] >= MIN_IMAGE_SIZE),
+         "image_size", f"an integer >= {MIN_IMAGE_SIZE} (pixels) or null for the domain's size")
+    need(config["crop_pct"] is None or (_is_number(config["crop_pct"]) and 0 < config["crop_pct"] <= 1), "crop_pct",
+         "a number in (0, 1] or null")
+    for key in ("seed", "num_workers", "knn_every"):
+        need(_is_int(config[key]) and config[key] >= 0, key, "an integer >= 0")
+    for key in ("keep_checkpoints", "knn_train_images", "knn_test_images", "head_layers"):
+        if key in config:
+            need(_is_int(config[key]) and config[key] > 0, key, "a positive integer")
+    warmup = config["warmup_steps"]
+    if isinstance(warmup, str):
+        text = warmup.strip()
+        try:
+            percent = float(text[:-1]) if text.endswith("%") else None
+        except ValueError:
+            percent = None
+        need(percent is not None and math.isfinite(percent) and 0 <= percent < 100, "warmup_steps",
+             "an integer number of steps or a percentage of the run below 100%, like '5%'")
+    else:
+        need(_is_int(warmup) and 0 <= warmup < config["steps"], "warmup_steps",
+             f"an integer from 0 to steps - 1 ({config['steps'] - 1}) or a percentage like '5%'")
+
+
+class _Yaml12Loader:
+    """yaml.SafeLoader that also reads 1e-3 as a float (YAML 1.2; PyYAML follows 1.1, where it is a string)."""
+    loader = None
+
+    @classmethod
+    def get(cls):
+        if cls.loader is None:
+            import re
+
+            import yaml
+
+            class Loader(yaml.SafeLoader):
+                pass
+
+            Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+                r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+            cls.loader = Loader
+        return cls.loader
+
+
+def load_yaml(text: str):
+    """YAML as a user means it: safe (no tags that run code), and 1e-3 is a number."""
+    import yaml
+
+    return yaml.load(text, Loader=_Yaml12Loader.get())
+
+
 def parse_assignments(items: list[str]) -> dict:
     """`key=value` pairs from the command line; values are parsed as YAML scalars (1e-4, true, 5%)."""
     import yaml
@@ -168,7 +232,10 @@ def parse_assignments(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw)
+        try:
+            values[key.strip()] = load_yaml(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item[:100]}: the value is not a YAML scalar ({error})") from None
     return values
 
 

@@ -233,22 +233,23 @@ def _open_run_dir(run_dir: Path, config: dict) -> dict | None:
     latest = runfiles.latest_checkpoint(run_dir)
     config_file = run_dir / runfiles.CONFIG_FILE
     if config_file.exists():
-        changed = differences(runfiles.read_config(run_dir), config)
+        # before the first checkpoint there is nothing to resume: a corrected recipe simply replaces the old one
+        changed = differences(runfiles.read_config(run_dir), config) if latest else []
         if changed:
             raise ConfigError(f"{run_dir} holds a run with a different recipe (changed: {', '.join(changed)}); "
                               f"use a new run directory or the same settings to resume")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} is not empty and is not a training run; choose a new run directory")
-    if latest is None:
+    # the newest checkpoint that verifies and is this run's (bad ones are set aside by rank 0, with a message)
+    state = runfiles.load_resumable(run_dir, set_aside=dist.rank() == 0)
+    if state is None:
         return None
-    state = runfiles.load_checkpoint(latest[1])
     # batch_size is the global batch and each step's images and CPU augmentations depend only on their position
     # in it, so a run may resume on another number of processes as long as they split the batch evenly
     if config["batch_size"] % dist.world_size():
-        raise ConfigError(f"{latest[1]} trained with a global batch of {config['batch_size']} on "
+        raise ConfigError(f"{state['path']} trained with a global batch of {config['batch_size']} on "
                           f"{state['world_size']} processes; {dist.world_size()} processes cannot split it evenly. "
                           f"Resume on a process count that divides {config['batch_size']}")
-    state["path"] = latest[1]
     return state
 
 

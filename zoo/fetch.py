@@ -133,9 +133,9 @@ def download(entry: Entry, filename: str, revision: str, force: bool = False) ->
                                    f"({type(error).__name__})") from None
     except PermissionError as error:
         from huggingface_hub import constants
-        raise NotCachedError(f"{entry.name}: {filename} is not in the HF cache and the cache ({constants.HF_HUB_CACHE}) "
-                             f"is not writable ({error.strerror}): ask its owner to run `zoo download {entry.name}` "
-                             f"there, or set HF_HUB_CACHE to a writable folder.") from None
+        raise NotCachedError(f"{entry.name}: {filename} is not in the HF cache, and the cache ({constants.HF_HUB_CACHE}) "
+                             f"is read-only for you ({error.strerror}): ask its owner to run `zoo download "
+                             f"{entry.name}` there, or set HF_HUB_CACHE to a writable folder.") from None
     except (HfHubHTTPError, OSError) as error:
         raise NotCachedError(f"{entry.name}: cannot get {filename} from {where}: "
                              f"{shorten(str(error), 200)}. {_offline_fix(entry)}") from None
