@@ -101,6 +101,7 @@ def test_verify_advice_on_a_read_only_cache_and_download_there(olah, hub_cache, 
         blob.write_bytes(bytes(data))
         make_read_only(shared)
         env = {**os.environ, "HF_HOME": str(shared), "HF_HUB_CACHE": str(shared / "hub"), "HOME": str(shared)}
+        env.pop("ZOO_HOME")  # default: $HF_HOME/zoo, read-only too
         code = ("import sys\nfrom zoo.cli import main\n"
                 f"print('verify', main(['verify', {NAME!r}]), flush=True)\n"
                 f"print('download', main(['download', {NAME!r}]), flush=True)\n")

@@ -94,6 +94,10 @@ def cmd_download(args) -> int:
             if not args.json:
                 print(f"ok  {entry.name}  converted -> {done[-1]['path']}")
             continue
+        if not entry.files:
+            from .errors import IncompleteEntryError
+            raise IncompleteEntryError(f"catalog entry {entry.name!r} lists no files; re-publish it with "
+                                       f"`zoo publish --catalog`")
         for filename in sorted(entry.files):
             path = fetch(entry, filename)
             done.append({"name": entry.name, "file": filename, "path": path})
@@ -322,11 +326,11 @@ def main(argv=None) -> int:
     except ZooError as error:
         print(f"zoo: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # a missing or unreadable file, a read-only cache: the OS's message names the path
-        print(f"zoo: error: {str(error)[:990]}", file=sys.stderr)
-        return 2
     except PermissionError as error:  # a read-only mirror, catalog or cards folder: say which, no traceback
-        print(f"zoo: error: {error}; check the path's permissions (or pass another path)", file=sys.stderr)
+        print(f"zoo: error: {str(error)[:900]}; check the path's permissions (or pass another path)", file=sys.stderr)
+        return 2
+    except OSError as error:  # a missing or unreadable file: the OS's message names the path
+        print(f"zoo: error: {str(error)[:990]}", file=sys.stderr)
         return 2
     except Exception as error:
         from huggingface_hub.errors import HfHubHTTPError

@@ -92,6 +92,10 @@ class CatalogError(ZooError):
     """A catalog file (the packaged one or one listed in ZOO_CATALOG) that cannot be read or has a malformed entry."""
 
 
+class IncompleteEntryError(CatalogError, AttributeError):
+    """A catalog entry without a field that an operation needs (repo_id, revision, files, timm_arch, ...)."""
+
+
 class UnpinnedRevisionWarning(UserWarning):
     """A branch name such as revision="main": the files are checked only against the server's own zoo.json."""
 

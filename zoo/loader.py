@@ -12,8 +12,8 @@ from .bn import apply_bn
 from .cards import data_terms  # noqa: F401  (re-exported: zoo.loader.data_terms)
 from .catalog import Entry, check_variant, resolve
 from .checkpoint import BN_DIR, CARD, CONFIG, META, WEIGHTS, is_checkpoint_dir, is_overlay_dir, read_json
-from .errors import (CheckpointFormatError, IncompatibleOverlayError, InvalidArgumentError, UnknownVariantError,
-                     UnverifiedCheckpointWarning, close_matches, shorten)
+from .errors import (CheckpointFormatError, IncompatibleOverlayError, IncompleteEntryError, InvalidArgumentError,
+                     UnknownVariantError, UnverifiedCheckpointWarning, close_matches, shorten)
 from .fetch import check_revision, download, fetch, resolve_revision
 from .integrity import require_verified
 
@@ -72,7 +72,12 @@ def _local_dir(name) -> Path | None:
     if isinstance(name, os.PathLike) or (isinstance(name, str) and (os.sep in name or name.startswith(".")
                                                                     or os.path.isdir(name))):
         path = Path(name)
-        if not is_checkpoint_dir(path):
+        try:
+            is_folder = is_checkpoint_dir(path)
+        except OSError as error:  # a name too long for a path, a folder we may not read
+            raise CheckpointFormatError(f"{shorten(str(path), 300)} cannot be read as a checkpoint folder "
+                                        f"({error.strerror or error})") from None
+        if not is_folder:
             raise CheckpointFormatError(f"{shorten(str(path), 300)} is not a zoo checkpoint folder (needs {CONFIG} and "
                                         f"{WEIGHTS}); export one with training's export or `zoo convert`")
         return path
@@ -237,12 +242,14 @@ def load(name: str | os.PathLike, *, bn: str | None = None, revision: str | None
         return _load_overlay_entry(entry, bn, revision, num_classes, device, dtype)
     variant = check_variant(entry, bn) if bn else None
     files = _file_records(entry, revision)
-    weights = fetch(entry, WEIGHTS, revision, files[WEIGHTS])
+    trunk_record = _record(entry, revision, files, WEIGHTS)
+    weights = fetch(entry, WEIGHTS, revision, trunk_record)
     file_classes = int(entry.num_classes)
     model = build.build_from_file(entry.timm_arch, weights, file_classes, entry.data.get("model_args"))
     if variant:
         overlay_name = f"{BN_DIR}/{variant}.safetensors"
-        apply_bn(model, fetch(entry, overlay_name, revision, files[overlay_name]), files[WEIGHTS]["sha256"])
+        apply_bn(model, fetch(entry, overlay_name, revision, _record(entry, revision, files, overlay_name)),
+                 trunk_record["sha256"])
     return build.finish(model, num_classes, file_classes, device, dtype)
 
 
@@ -255,9 +262,22 @@ def _load_overlay_entry(entry: Entry, bn, revision, num_classes, device, dtype) 
                                        f"{trunk.file(WEIGHTS)['sha256'][:12]}...; republish the overlay on it")
     model = load(trunk.name, num_classes=None)
     overlay_name = f"{BN_DIR}/{variant}.safetensors"
-    apply_bn(model, fetch(entry, overlay_name, revision, _file_records(entry, revision)[overlay_name]),
-             entry.trunk_sha256)
+    apply_bn(model, fetch(entry, overlay_name, revision, _record(entry, revision, _file_records(entry, revision),
+                                                                overlay_name)), entry.trunk_sha256)
     return build.finish(model, num_classes, int(trunk.num_classes), device, dtype)
+
+
+def _record(entry: Entry, revision: str | None, files: dict, filename: str) -> dict:
+    """The sha256 + size a file must have: the catalog's (a missing one is named), or the revision's zoo.json's."""
+    if (revision is None or revision == entry.revision) and not isinstance(entry.files.get(filename), dict):
+        raise IncompleteEntryError(f"catalog entry {entry.name[:80]!r} records no sha256 for {filename}; re-publish "
+                                   f"it with `zoo publish --catalog`")
+    if revision is None or revision == entry.revision:
+        return entry.file(filename)
+    if not isinstance(files.get(filename), dict):
+        raise CheckpointFormatError(f"{entry.name}@{revision}: no sha256 is recorded for {filename}; it cannot be "
+                                    f"verified")
+    return files[filename]
 
 
 def _file_records(entry: Entry, revision: str | None) -> dict:
