@@ -59,7 +59,7 @@ def catalog_paths() -> list[Path]:
 def _load(paths: tuple[Path, ...], stamps: tuple) -> dict:
     merged = {"models": {}, "bases": {}, "upstream": {}}  # upstream: publishers' files, converted on first use
     for path in paths:
-        if not path.is_file():
+        if not os.path.exists(path):  # absent or unreachable: skipped; a directory is named by _read_catalog
             continue
         for section, content in _read_catalog(path).items():
             if isinstance(content, dict):
