@@ -12,7 +12,9 @@ Series (the study ran both kinds of base):
 All images are gray, upsampled to 64 px and replicated to RGB (64 px keeps a 2x2 final feature map
 in MobileNetV2). Each checkpoint is evaluated with the preprocessing it was trained with (its own
 mean/std; round 1 used the ImageNet base's for every strategy, which put Target below random:
-benchmarks/target_ablation.py). Strategies per target: random init, Base, Base-BN (BN statistics
+benchmarks/target_ablation.py). Strategies per target: random init (as built: BN running statistics
+at their identity init), random init with BN statistics estimated on the target (Random-BN: the
+function MoCo training starts from, and the fair floor for Target), Base, Base-BN (BN statistics
 recalibrated), Target (MoCo v2 from scratch; one run per seed whose cosine schedule spans the top
 rung, exported at every rung), HPT (one run per rung, each with its own schedule), HPT-BN, one
 chain. Evaluations: the study's linear probe (frozen features, lr grid {0.3, 3, 30},
@@ -46,7 +48,7 @@ SERIES = {
     "ssl": {"targets": ("animals", "digits"), "chain": {"digits": "animals"}, "source": "fashion_mnist"},
     "sup": {"targets": ("fashion_mnist", "animals"), "chain": {"fashion_mnist": "animals"}},
 }
-ORDER = ("random", "base", "base_bn", "target", "hpt", "hptbn", "chain")
+ORDER = ("random", "random_bn", "base", "base_bn", "target", "hpt", "hptbn", "chain")
 
 FULL = {
     "resolution": 64, "batch_size": 32, "seeds": (0, 1, 2),
@@ -67,15 +69,17 @@ QUICK = {
 }
 
 
+# MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256 scaled
+# linearly, a 4096-key queue and key momentum 0.99 (0.999 barely moves the key encoder in a few hundred
+# steps), split-BN in 8 groups against BN leakage on one device. Every strategy of a series uses it.
+MOCO = {"lr": 0.03, "lr_reference_batch": 256, "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2,
+        "proj_hidden": 2048, "bn_splits": 8, "augment": "moco"}
+
+
 def moco_overrides(protocol: dict, steps: int, seed: int, **extra) -> dict:
-    """MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256
-    scaled linearly, a 4096-key queue and key momentum 0.99 (0.999 barely moves the key encoder in
-    a few hundred steps), split-BN in 8 groups against BN leakage on one device."""
-    return {"steps": steps, "batch_size": protocol["batch_size"], "lr": 0.03, "lr_reference_batch": 256,
-            "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2, "proj_hidden": 2048, "bn_splits": 8,
-            "image_size": protocol["resolution"], "crop_pct": 1.0, "augment": "moco", "progress": False,
-            "checkpoint_every": min(steps, 250), "keep_checkpoints": 2, "seed": seed, "device": "cpu",
-            "log_every": 25, **extra}
+    return {**MOCO, "steps": steps, "batch_size": protocol["batch_size"], "image_size": protocol["resolution"],
+            "crop_pct": 1.0, "progress": False, "checkpoint_every": min(steps, 250), "keep_checkpoints": 2,
+            "seed": seed, "device": "cpu", "log_every": 25, **extra}
 
 
 # ------------------------------------------------------------------ results
@@ -205,6 +209,15 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
         return build_backbone("mnv2", 3).module
 
     evaluate(results, series, target, "random", 0, seed, random_init, None, protocol)
+
+    def random_init_bn():  # the state training starts from: BN statistics of the data, not identity
+        from training.data import open_source
+        from training.hpt import eval_batches
+
+        train = open_source(target, "train", target)
+        return zoo.recalibrate_bn(random_init(), eval_batches(train, spec_for(None, train.domain, protocol), 250, 2000))
+
+    evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
     base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
     if not (base_bn / "zoo.json").exists():

@@ -125,7 +125,13 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=200, help="recommend's sample (stratified, train split)")
     parser.add_argument("--pool", default=str(HERE / "_work"), help="folder searched for zoo checkpoint folders")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="digits only, tiny probe, separate JSON: a smoke check")
     args = parser.parse_args()
+    global RESULTS
+    if args.quick:
+        RESULTS = RESULTS.with_name("recommend.quick.json")
+        FULL_PROBE.update(train_images=300, eval_images=100, iterations=100)
+        args.sets, args.sample = "digits", 60
     if args.report:
         report()
         return 0

@@ -9,8 +9,11 @@ the ImageNet base's mean/std (the evaluation spec came from the base for every s
 Each variant trains `--steps` steps on Fashion-MNIST (seed 0) and is evaluated with the spec it
 was trained with: kNN (k 200, t 0.1, cosine: scale-free), the study's linear probe (SGD, lr grid
 {0.3, 3, 30}, validation-selected) on raw features, the same probe on standardised features
-(scale-free), and the mean feature norm. Random init gets the same evaluations. The `repro`
-variant and random init are also evaluated with the ImageNet spec, as round 1 did.
+(scale-free), and the mean feature norm. Random init gets the same evaluations. Every trained
+variant is also evaluated after re-estimating its BN running statistics on 2000 clean training
+images (`domain_bnrecal`: are the eval-mode statistics, averaged over augmented views with momentum
+0.1, the problem?). The `repro` variant and random init are also evaluated with the ImageNet spec,
+as round 1 did.
 
     python benchmarks/target_ablation.py                  # all variants, resumable (~6 min each)
     python benchmarks/target_ablation.py --only repro,splits2
@@ -128,17 +131,24 @@ def main() -> int:
     names = args.only.split(",") if args.only else ["random", *VARIANTS]
     for name in names:
         if name == "random":
-            for channels, size, arch in ((3, 64, "mnv2"), (1, 28, "r18c")):
+            # the repro network, the quality run's, then one change each (channels, resolution) on the repro one
+            for channels, size, arch in ((3, 64, "mnv2"), (1, 28, "r18c"), (1, 64, "mnv2"), (3, 32, "mnv2")):
                 config = resolve({}, {**REPRO, "arch": arch, "channels": channels, "image_size": size,
                                       "data": args.data})
-                for eval_stats in ("domain", "imagenet") if channels == 3 else ("domain",):
-                    key = {"variant": f"random-{arch}", "eval_stats": eval_stats, "data": args.data}
+                stats = ("domain", "domain_bnrecal", "imagenet") if (channels, size) == (3, 64) else ("domain", "domain_bnrecal")
+                for eval_stats in stats:
+                    key = {"variant": f"random-{arch}-{channels}ch-{size}px", "eval_stats": eval_stats, "data": args.data}
                     if done(key):
                         continue
                     setup = prepare(dict(config))
-                    spec = setup.spec if eval_stats == "domain" else with_stats(setup.spec, IMAGENET)
+                    spec = with_stats(setup.spec, IMAGENET) if eval_stats == "imagenet" else setup.spec
                     torch.manual_seed(0)
                     backbone = build_backbone(arch, spec.channels).module
+                    if eval_stats == "domain_bnrecal":
+                        import zoo
+                        from training.hpt import eval_batches
+
+                        backbone = zoo.recalibrate_bn(backbone, eval_batches(sets[0], spec, 250, 2000))
                     start = time.time()
                     add({**key, "steps": 0, **evaluations(backbone, spec, sets, args),
                          "eval_seconds": time.time() - start})
@@ -149,7 +159,7 @@ def main() -> int:
                               "keep_checkpoints": 1, "knn_every": args.knn_every, "knn_train_images": 500,
                               "knn_test_images": 300})
         run = WORK / f"{args.data}-{name}-{args.steps}"
-        evals = ("domain", "imagenet") if name == "repro" else ("domain",)
+        evals = ("domain", "domain_bnrecal", "imagenet") if name == "repro" else ("domain", "domain_bnrecal")
         if all(done({"variant": name, "eval_stats": e, "steps": args.steps, "data": args.data}) for e in evals):
             continue
         start = time.time()
@@ -165,9 +175,17 @@ def main() -> int:
             key = {"variant": name, "eval_stats": eval_stats, "steps": args.steps, "data": args.data}
             if done(key):
                 continue
-            spec = setup.spec if eval_stats == "domain" else with_stats(setup.spec, IMAGENET)
+            spec = with_stats(setup.spec, IMAGENET) if eval_stats == "imagenet" else setup.spec
+            backbone = setup.backbone.module
             begin = time.time()
-            add({**key, "what": what, "overrides": overrides, **evaluations(setup.backbone.module, spec, sets, args),
+            if eval_stats == "domain_bnrecal":  # BN running statistics re-estimated on clean (unaugmented) images
+                import copy
+
+                import zoo
+                from training.hpt import eval_batches
+
+                backbone = zoo.recalibrate_bn(copy.deepcopy(backbone), eval_batches(sets[0], spec, 250, 2000))
+            add({**key, "what": what, "overrides": overrides, **evaluations(backbone, spec, sets, args),
                  "knn_curve": curve, "loss_curve": losses[::4], "train_seconds": train_seconds,
                  "eval_seconds": time.time() - begin})
     report()
@@ -176,11 +194,11 @@ def main() -> int:
 
 def report() -> None:
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    print(f"{'variant':14s} {'eval stats':9s} {'steps':>5s} {'kNN':>6s} {'linear':>6s} {'(lr)':>5s} "
+    print(f"{'variant':20s} {'eval stats':14s} {'steps':>5s} {'kNN':>6s} {'linear':>6s} {'(lr)':>5s} "
           f"{'lin std':>7s} {'|f|':>6s}  kNN curve (val)")
     for r in rows:
         curve = " ".join(f"{v:.2f}" for _, v in r.get("knn_curve", []))
-        print(f"{r['variant']:14s} {r['eval_stats']:9s} {r['steps']:5d} {r['knn']:6.3f} {r['linear']:6.3f} "
+        print(f"{r['variant']:20s} {r['eval_stats']:14s} {r['steps']:5d} {r['knn']:6.3f} {r['linear']:6.3f} "
               f"{r['linear_lr']:5g} {r['linear_standardised']:7.3f} {r['feature_norm']:6.2f}  {curve}")
 
 

@@ -129,3 +129,11 @@ def test_cli_ranks_a_folder_and_exits_2_on_a_bad_one(tmp_path):
     result = subprocess.run([sys.executable, "-m", "zoo", "recommend", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "class subfolders" in result.stderr
+
+
+def test_a_tight_budget_shrinks_the_sample_but_keeps_ten_per_class(tmp_path):
+    images, labels = real_sample(per_class=30, classes=3)
+    control = random_checkpoint(tmp_path / "random-mnv2")
+    ranking = zoo.recommend((images, labels), candidates=[str(control)], budget_s=0.01, sample=90, image_size=32)
+    assert ranking.images == 30 and ranking.rows[0]["images"] == 30
+    assert "sample cut to 30 images" in str(ranking)

@@ -274,7 +274,8 @@ def recommend(data, candidates=None, budget_s: float | None = 60.0, *, sample: i
                              + (f" of arch {arch}" if arch else "") + "; pass candidates=[...] (names or folders)")
     rows, skipped, notes = [], [], []
     minimum = min(len(order), 10 * classes)
-    for position, name in enumerate(names):
+    calibrated = False  # the sample size is fixed once, on the first candidate that loads
+    for name in names:
         label = str(name)
         if budget_s and rows and time.perf_counter() - start > 1.5 * budget_s:
             skipped.append({"name": label, "reason": f"over budget ({budget_s:g} s)"})
@@ -293,7 +294,7 @@ def recommend(data, candidates=None, budget_s: float | None = 60.0, *, sample: i
         loaded = time.perf_counter()
         cfg = details["pretrained_cfg"]
         pilot = embed(model, preprocess([images[i] for i in order[:PILOT_IMAGES]], cfg, image_size, crop_pct))
-        if budget_s and not rows and position == 0 and len(order) > PILOT_IMAGES:
+        if budget_s and not calibrated and len(order) > PILOT_IMAGES:
             per_image = (time.perf_counter() - loaded) / min(PILOT_IMAGES, len(order))
             per_candidate_fixed = loaded - began
             affordable = (0.8 * budget_s - (time.perf_counter() - start)) / len(names) - per_candidate_fixed
@@ -301,6 +302,7 @@ def recommend(data, candidates=None, budget_s: float | None = 60.0, *, sample: i
             if fits < len(order):
                 order = order[:max(minimum, fits)]
                 notes.append(f"sample cut to {len(order)} images to fit the {budget_s:g} s budget")
+        calibrated = True
         rest = order[PILOT_IMAGES:]
         features = torch.cat([pilot, embed(model, preprocess([images[i] for i in rest], cfg, image_size, crop_pct))]
                              ) if len(rest) else pilot[:len(order)]
