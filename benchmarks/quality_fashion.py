@@ -131,6 +131,51 @@ def supervised(args, sets, work) -> dict:
             "peak_lr": peak_lr, "curve": curve, **evaluate(backbone, setup.spec, sets, args)}
 
 
+def _classifier_top1(model, spec, test) -> float:
+    from training.features import extract
+
+    logits = extract(model, test, spec)
+    return float((logits.argmax(dim=1) == torch.from_numpy(test.labels())).float().mean())
+
+
+def chain(method, args, sets, work) -> dict:
+    """Self-training (1,000 labels, the rest unlabelled; teacher = supervised on the 1,000, then 2
+    student rounds) or SimCLR v2 distillation (SimCLR pretraining, fine-tuning on 10% of the labels,
+    self-distillation): `--steps` per phase (or the per-method budget split over the phases). Reports the
+    test top-1 of every phase's classifier and kNN/linear of the final backbone. `--selftrain-init`
+    starts the students from that checkpoint (e.g. an exported MoCo run): the paper's comparison."""
+    from training import phases
+    from training.distill import teacher_from
+    from training.views import InputSpec
+
+    phases_count = 3
+    steps = args.steps or budget_steps(calibrate_chain_step(method, args, work), args) // phases_count
+    extra = (dict(labels=1000, iterations=2, unlabeled_images=args.unlabeled_images, init=args.selftrain_init)
+             if method == "selftrain" else dict(label_fraction=0.1))
+    config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
+                              batch_size=args.batch, checkpoint_every=steps, progress=False, log_every=10, **extra))
+    run = work / method
+    start = time.perf_counter()
+    final = pretrain(dict(config), run)
+    seconds = time.perf_counter() - start
+    test = sets[2]
+    result = {"train_seconds": seconds, "steps_per_phase": steps, "recipe": config}
+    names = ["teacher", "student_1", "student_2"] if method == "selftrain" else ["finetune", "distill"]
+    for name in names:
+        state = runfiles.load_checkpoint(runfiles.latest_checkpoint(run / name)[1])
+        model, spec = (teacher_from(state)[0], InputSpec(**state["spec"])) if name == "finetune" else \
+            phases.classifier_from(state)
+        result[f"{name}_test_top1"] = _classifier_top1(model, spec, test)
+    state = runfiles.load_checkpoint(final)
+    model, spec = phases.classifier_from(state)
+    return {**result, **evaluate(model.backbone, spec, sets, args)}
+
+
+def calibrate_chain_step(method, args, work) -> float:
+    """Seconds per step of the chain's supervised-style phases, measured like calibrate_ssl."""
+    return calibrate_ssl("supervised", args, work)
+
+
 def plot(results: dict, path: Path, args) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -165,7 +210,10 @@ def main():
     parser.add_argument("--eval-train", type=int, default=5000)
     parser.add_argument("--eval-test", type=int, default=None, help="val/test images for the final evals")
     parser.add_argument("--probe-iterations", type=int, default=1000)
-    parser.add_argument("--methods", default="random,moco,simclr,supervised")
+    parser.add_argument("--methods", default="random,moco,simclr,supervised",
+                        help="any of random, moco, simclr, supervised, pic, rotation, selftrain, distill")
+    parser.add_argument("--unlabeled-images", type=int, default=0, help="selftrain: unlabelled images (0: all)")
+    parser.add_argument("--selftrain-init", help="selftrain: the students' initialisation (zoo name or folder)")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' results already in the JSON (rerun some methods only)")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
@@ -184,6 +232,10 @@ def main():
             results[name] = evaluate(setup.backbone.module, setup.spec, sets, args)
         elif name == "supervised":
             results[name] = supervised(args, sets, work)
+        elif name in ("selftrain", "distill"):
+            label = name + ("-from-init" if name == "selftrain" and args.selftrain_init else "")
+            results[label] = chain(name, args, sets, work / f"{label}-{int(time.time())}")
+            name = label
         else:
             results[name] = self_supervised(name, args, sets, work / f"{name}-{int(time.time())}")
         results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
