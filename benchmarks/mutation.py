@@ -33,9 +33,9 @@ T = "tests/"
 MODULES: dict[str, list[str]] = {
     "zoo/names.py": [T + "test_names_strength.py", T + "test_survivors_zoo.py", T + "test_zoo_names.py",
                      "-k", "not model_cards and not build and not recalibration and not overlay"],
-    "zoo/build.py": [T + "test_survivors_zoo.py", T + "test_build_strength.py", T + "test_zoo_convert_bn.py",
+    "zoo/build.py": [T + "test_build_strength.py", T + "test_survivors_zoo.py", T + "test_zoo_convert_bn.py",
                      "-k", "build or local_folder or missing_keys or wrong_shapes or stem or meta or finish or describe"],
-    "zoo/bn.py": [T + "test_survivors_zoo.py", T + "test_bn_strength.py", T + "test_zoo_convert_bn.py",
+    "zoo/bn.py": [T + "test_bn_strength.py", T + "test_survivors_zoo.py", T + "test_zoo_convert_bn.py",
                   "-k", "recalibration or overlay or bn_keys or extract or apply"],
     "zoo/integrity.py": [T + "test_integrity_strength.py"],
     "zoo/fetch.py": [T + "test_fetch_strength.py"],

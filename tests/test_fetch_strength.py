@@ -79,3 +79,44 @@ def test_missing_file_offline_says_how_to_prefetch(hub_cache, offline):
     assert "HF_ENDPOINT at a mirror that serves someone/flowers-r18." in message
     assert message.endswith("(LocalEntryNotFoundError)")
     assert not list(hub_cache.rglob("model.safetensors"))
+
+
+@pytest.mark.parametrize("bad", ["", "-x", "a..b", "main.lock", "v1/", "v1.", "a b", 7, "x" * 201])
+def test_check_revision_refuses_what_is_not_a_commit_or_ref(bad):
+    from zoo.errors import InvalidArgumentError, shorten
+    from zoo.fetch import check_revision
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        check_revision(_entry(), bad)
+    assert str(caught.value) == (f"revision must be a commit hash (40 hex characters) or a branch/tag name, not "
+                                 f"{shorten(bad)}; the catalog pins sup-flowers-r18 at {REVISION}")
+
+
+def test_check_revision_warns_only_for_unpinned_refs():
+    import warnings
+
+    from zoo.errors import UnpinnedRevisionWarning
+    from zoo.fetch import check_revision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_revision(_entry(), None) is None
+        assert check_revision(_entry(), REVISION) == REVISION
+        assert check_revision(_entry(), "f" * 40) == "f" * 40
+    with pytest.warns(UnpinnedRevisionWarning) as caught:
+        assert check_revision(_entry(), "main") == "main"
+    assert str(caught[0].message) == (
+        "revision='main' is a branch or tag, not a commit: sup-flowers-r18's files are checked only against the "
+        "zoo.json that the server itself returns for it, not against the catalog. Pin a commit (the catalog's is "
+        f"{REVISION}) to get files that cannot change.")
+
+
+def test_offline_revision_lookup_and_fix_text(hub_cache, offline):
+    from zoo.fetch import _offline_fix, resolve_revision
+
+    assert resolve_revision(_entry(), "main") == "main"  # offline: the cache's refs decide
+    assert resolve_revision(_entry(), REVISION) == REVISION
+    assert _offline_fix(_entry()) == (
+        "It is not in the local cache and HF_HUB_OFFLINE is set (or the Hub is unreachable). Prefetch it while "
+        "online with `zoo download sup-flowers-r18` (uses HF_HOME / HF_HUB_CACHE), or point HF_ENDPOINT at a "
+        "mirror that serves someone/flowers-r18.")
