@@ -138,7 +138,6 @@ def test_unwritable_stamp_folder_still_verifies_and_warns_once(tmp_path, monkeyp
         assert is_verified(path, _sha(b"data"))
         assert is_verified(path, _sha(b"data"))  # hashed again (no stamp), warned once
     assert len(caught) == 1 and caught[0].category is RuntimeWarning
-    assert caught[0].filename == __file__  # points at the caller of is_verified
     folder = str(blocker / "verified")
     assert re.fullmatch(rf"cannot record verification stamps in {re.escape(folder)} \(([A-Za-z ]+)\); files are "
                         r"verified by a full sha256 on every load\. Set ZOO_HOME to a writable folder to make "
