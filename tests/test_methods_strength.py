@@ -102,8 +102,10 @@ def _two_ranks(rank: int, init_file: str, results: str):
 def test_two_gloo_ranks_shuffle_bn_global_queue_and_global_negatives(tmp_path):
     import torch.multiprocessing as mp
 
+    # spawn, not fork: a child forked after the parent's OpenMP pool started can hang in its first BatchNorm
+    # (seen in CI, where OMP_NUM_THREADS is not set)
     mp.start_processes(_two_ranks, args=(str(tmp_path / "init"), str(tmp_path / "rank")), nprocs=2,
-                       start_method="fork")  # fork: no re-import of torch per rank
+                       start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     torch.manual_seed(0)
     reference = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=20, bn_splits=4).eval()
