@@ -76,9 +76,10 @@ def _two_ranks(rank: int, init_file: str, results: str):
 
     import datetime
 
-    # a short timeout: a broken exchange fails the test instead of waiting 30 minutes in a collective
+    # a bounded timeout: a broken exchange fails the test instead of waiting 30 minutes in a collective
+    # (120 s: a spawned rank re-imports torch, slow on a loaded 2-core machine)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=20))
+                            timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)  # same weights and queue on both ranks
     moco = MoCo(_backbone(), 16, dim=4, hidden=8, queue_size=20, bn_splits=4).eval()
     with torch.no_grad():
@@ -96,6 +97,7 @@ def _two_ranks(rank: int, init_file: str, results: str):
     loss.backward()
     torch.save({"images": images, "keys": keys, "queue": moco.queue, "ptr": moco.queue_ptr,
                 "z1": z1.detach(), "z2": z2, "loss": loss.detach(), "grad": z1.grad}, f"{results}{rank}.pt")
+    dist.barrier()  # both ranks done before either tears gloo down (a rank exiting mid-teardown aborted once)
     dist.destroy_process_group()
 
 
