@@ -240,6 +240,8 @@ def main():
             results[name] = self_supervised(name, args, sets, work / f"{name}-{int(time.time())}")
         results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
         print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss", "args")}), flush=True)
+        if args.update and out.exists():  # another command may have added its methods meanwhile
+            results = {**json.loads(out.read_text())["results"], name: results[name]}
         runfiles.atomic_write_bytes(out, json.dumps({"results": results}, indent=2).encode())
     if "random" in results:
         plot(results, RESULTS / "quality_fashion_knn.png", args)
