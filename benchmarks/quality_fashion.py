@@ -25,9 +25,10 @@ from training import runfiles
 from training.batches import StepBatches
 from training.config import resolve
 from training.data import open_source
-from training.engine import apply_memory_format, prepare, pretrain, wants_channels_last
+from training.engine import apply_memory_format, prepare, wants_channels_last
 from training.evaluate import knn_accuracy, linear_eval
 from training.optim import cosine_lr, set_lr
+from training.runner import pretrain
 from training.views import view_transform
 
 RESULTS = Path(__file__).resolve().parent / "results"

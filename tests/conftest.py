@@ -46,6 +46,27 @@ def olah(mirror_root):
         yield endpoint
 
 
+@pytest.fixture(scope="module")
+def base_available(olah, tmp_path_factory):
+    """The default base (sup-imagenet-mnv2) downloaded once per test module, through olah, into a
+    module-wide cache: the module's training runs start from it without a download each."""
+    from huggingface_hub import constants
+
+    import zoo
+
+    cache = tmp_path_factory.mktemp("base-cache")
+    saved = constants.HF_HUB_CACHE, os.environ.get("ZOO_HOME")
+    constants.HF_HUB_CACHE = str(cache / "hub")
+    os.environ["ZOO_HOME"] = str(cache / "zoo")
+    zoo.load("sup-imagenet-mnv2")
+    yield
+    constants.HF_HUB_CACHE = saved[0]
+    if saved[1] is None:
+        os.environ.pop("ZOO_HOME", None)
+    else:
+        os.environ["ZOO_HOME"] = saved[1]
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty HF cache and stamp folder for one test (also exported for subprocesses)."""

@@ -3,7 +3,6 @@ recipe (base overridden to the small real MobileNetV2) -> every evaluation proto
 from __future__ import annotations
 
 import json
-import os
 import warnings
 
 import pytest
@@ -18,24 +17,6 @@ TINY = ["--steps", "2", "--batch-size", "4", "--image-size", "32", "--queue-size
 EVAL = {"knn": [], "linear": ["--iterations", "4", "--lrs", "0.3"],
         "semi": ["--iterations", "2", "--lrs", "0.01", "--batch-size", "4", "--labels", "8"],
         "finetune": ["--iterations", "2", "--lrs", "0.01", "--batch-size", "4"]}
-
-
-@pytest.fixture(scope="module")
-def base_available(olah, tmp_path_factory):
-    """The base downloaded once (through olah) into a module-wide cache."""
-    from huggingface_hub import constants
-
-    cache = tmp_path_factory.mktemp("domains-cache")
-    saved = constants.HF_HUB_CACHE, os.environ.get("ZOO_HOME")
-    constants.HF_HUB_CACHE = str(cache / "hub")
-    os.environ["ZOO_HOME"] = str(cache / "zoo")
-    zoo.load(BASE)
-    yield
-    constants.HF_HUB_CACHE = saved[0]
-    if saved[1] is None:
-        os.environ.pop("ZOO_HOME", None)
-    else:
-        os.environ["ZOO_HOME"] = saved[1]
 
 
 @pytest.mark.parametrize("domain", HPT_TARGETS)

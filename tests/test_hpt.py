@@ -14,24 +14,6 @@ TINY = {"steps": 3, "batch_size": 8, "queue_size": 64, "image_size": 32, "crop_p
         "bn_splits": 2, "progress": False, "checkpoint_every": 3, "device": "cpu", "num_workers": 0}
 
 
-@pytest.fixture(scope="module")
-def base_available(olah, tmp_path_factory):
-    """The base downloaded once (through olah) into a module-wide cache."""
-    from huggingface_hub import constants
-
-    cache = tmp_path_factory.mktemp("hpt-cache")
-    saved = constants.HF_HUB_CACHE, os.environ.get("ZOO_HOME")
-    constants.HF_HUB_CACHE = str(cache / "hub")
-    os.environ["ZOO_HOME"] = str(cache / "zoo")
-    zoo.load(BASE)
-    yield
-    constants.HF_HUB_CACHE = saved[0]
-    if saved[1] is None:
-        os.environ.pop("ZOO_HOME", None)
-    else:
-        os.environ["ZOO_HOME"] = saved[1]
-
-
 def test_hpt_starts_from_the_base(base_available):
     from training import config as configuration
     from training.engine import prepare

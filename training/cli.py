@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
 def _pretrain(args) -> int:
     from .config import parse_assignments, read_recipe, resolve
-    from .engine import pretrain
+    from .runner import pretrain
 
     overrides = {key: getattr(args, key) for key in PRETRAIN_FLAGS}
     overrides.update(symmetric=args.symmetric, progress=args.progress,

@@ -1,5 +1,5 @@
 """SimCLR v2's semi-supervised recipe (Chen et al. 2020, "Big Self-Supervised Models are Strong
-Semi-Supervised Learners") as a chain of engine runs (training.phases):
+Semi-Supervised Learners") as a chain of engine runs (training.runner.run_distill):
 
     pretrain  SimCLR v2 on the unlabelled images (skipped when `teacher` names a SimCLR run directory)
     finetune  from the projection head's first layer: backbone + head[0] (Linear, BN, ReLU) + a new
@@ -14,14 +14,14 @@ pretraining, the fine-tuned teacher and the student's random initialisation.
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import phases, runfiles
-from .supervised import IndexBatches, Supervised, classifier, labelled_indices, source_targets, supervised_loss
+from .branch import OneBranch
+from .supervised import Supervised, classifier, labelled_indices, source_targets, supervised_loss
 
 SIMCLR_KEYS = ("data", "split", "domain", "arch", "channels", "image_size", "crop_pct", "steps", "batch_size",
                "seed", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every", "device",
@@ -71,9 +71,8 @@ def teacher_from(state: dict) -> tuple[nn.Module, int]:
     return model.eval(), classes
 
 
-class DistillStudent(nn.Module):
+class DistillStudent(OneBranch):
     name = "distill_student"
-    views = 1
     uses_indices = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, teacher: nn.Module, classes: int, temperature: float,
@@ -86,29 +85,12 @@ class DistillStudent(nn.Module):
         mask[torch.as_tensor(labelled, dtype=torch.long)] = True
         self.register_buffer("labels", labels, persistent=False)
         self.register_buffer("labelled", mask, persistent=False)
-        self._runner = None
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    def trainable_module(self) -> nn.Module:
-        return self.model
-
-    def set_runner(self, runner: nn.Module) -> None:
-        object.__setattr__(self, "_runner", runner)
-
-    def reset_key_encoder(self) -> None:
-        pass
-
-    def after_backward(self) -> None:
-        pass
 
     def forward(self, view1: torch.Tensor, view2=None, indices: torch.Tensor | None = None) -> torch.Tensor:
         self.teacher.to(view1.device)
         with torch.no_grad():
             teacher_logits = self.teacher(view1)
-        logits = (self._runner or self.model)(view1)
+        logits = self.run(view1)
         loss = distillation_loss(logits, teacher_logits, self.temperature)
         if self.labeled_weight:
             indices = indices.to(self.labelled.device)
@@ -117,9 +99,6 @@ class DistillStudent(nn.Module):
                 loss = loss + self.labeled_weight * supervised_loss(logits[mine], self.labels[indices[mine]])
         return loss
 
-    def head_state_dict(self) -> dict:
-        return {f"head.{k}": v for k, v in self.model.head.state_dict().items()}
-
 
 def build_student(config: dict, backbone, source) -> DistillStudent:
     teacher, classes = teacher_from(runfiles.load_checkpoint(config["teacher_checkpoint"]))
@@ -127,38 +106,3 @@ def build_student(config: dict, backbone, source) -> DistillStudent:
     count = max(classes, round(config["label_fraction"] * len(source)))
     return DistillStudent(backbone.module, backbone.num_features, teacher, classes, config["distill_temperature"],
                           labels, labelled_indices(source, count, config["seed"]), config["distill_labeled_weight"])
-
-
-def _simclr_checkpoint(config: dict, run_dir: Path) -> Path:
-    from .config import ConfigError, resolve
-
-    if config["teacher"]:
-        teacher = Path(config["teacher"])
-        latest = runfiles.latest_checkpoint(teacher) if teacher.is_dir() else None
-        if latest is None:
-            raise ConfigError(f"teacher {teacher} is not a SimCLR run directory with checkpoints "
-                              f"(python -m training pretrain --method simclr ...)")
-        if runfiles.load_checkpoint(latest[1])["config"]["method"] != "simclr":
-            raise ConfigError(f"teacher {teacher} is not a SimCLR run; the recipe fine-tunes from its head's first layer")
-        return latest[1]
-    simclr = resolve({}, {"method": "simclr", **{k: config[k] for k in SIMCLR_KEYS}})
-    return phases.run_phase(simclr, run_dir, "pretrain")
-
-
-def run(config: dict, run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    finished = phases.open_chain(config, run_dir)
-    if finished is not None:
-        return finished["path"]
-    simclr = _simclr_checkpoint(config, run_dir)
-    simclr_state = runfiles.load_checkpoint(simclr)
-    teacher_arch = simclr_state["arch"]["arch"]
-    finetune = phases.run_phase({**config, "method": "distill_finetune", "arch": teacher_arch, "init": None,
-                                 "steps": config["finetune_steps"] or config["steps"],
-                                 "finetune_from": str(simclr)}, run_dir, "finetune")
-    student = phases.run_phase({**config, "method": "distill_student", "init": None,
-                                "arch": config["student_arch"] or teacher_arch,
-                                "teacher_checkpoint": str(finetune)}, run_dir, "distill")
-    lineage = [phases.phase_record("pretrain", "pretrain", simclr, backbone_prefix="encoder.backbone."),
-               phases.phase_record("teacher", "finetune", finetune), phases.init_record({"init": None})]
-    return phases.finish_chain(config, run_dir, student, lineage)

@@ -105,15 +105,12 @@ def _builders() -> dict:
             "distill_finetune": distill.build_finetune, "distill_student": distill.build_student}
 
 
-def _chains() -> dict:
-    """Methods that run as a chain of engine runs (training.phases): method -> run(config, run_dir)."""
-    from . import distill, selftrain
-
-    return {"selftrain": selftrain.run, "distill": distill.run}
-
-
 def build_method(config: dict, backbone: Backbone, source: ImageSet) -> torch.nn.Module:
-    return _builders()[config["method"]](config, backbone, source)
+    builders = _builders()
+    if config["method"] not in builders:  # selftrain, distill: chains of engine runs
+        raise ConfigError(f"method {config['method']!r} runs as a chain of engine runs: "
+                          f"use training.runner.pretrain (or python -m training pretrain)")
+    return builders[config["method"]](config, backbone, source)
 
 
 def check_base_arch(asked: str | None, base_arch: str, base: str) -> None:
@@ -228,7 +225,7 @@ def _state(step: int, setup: Setup, optimizer) -> dict:
             "init": setup.backbone.init, "data": setup.source.describe()}
 
 
-def _open_run_dir(run_dir: Path, config: dict) -> dict | None:
+def open_run_dir(run_dir: Path, config: dict) -> dict | None:
     """Returns the checkpoint to resume from (or None for a fresh run); refuses a changed recipe."""
     latest = runfiles.latest_checkpoint(run_dir)
     config_file = run_dir / runfiles.CONFIG_FILE
@@ -296,11 +293,9 @@ def _checked_replica_digests(method: torch.nn.Module, step: int) -> list[int]:
 
 
 def pretrain(config: dict, run_dir: str | Path) -> Path:
-    """Train (or resume) into run_dir; returns the final checkpoint path."""
+    """One engine run: train (or resume) into run_dir; returns the final checkpoint path. Multi-phase
+    methods (selftrain, distill) go through training.runner.pretrain, every method's entry point."""
     run_dir = Path(run_dir)
-    chain = _chains().get(config["method"])
-    if chain:
-        return chain(config, run_dir)
     setup = prepare(config)
     dist.init_from_env(setup.device)
     rank, world = dist.rank(), dist.world_size()
@@ -323,7 +318,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         batches = make_batches(setup.source, transform, config["batch_size"], config["seed"], rank, world,
                                views=views)
     monitor = _knn_monitor(config, setup) if config["knn_every"] else None
-    resume = _open_run_dir(run_dir, config)
+    resume = open_run_dir(run_dir, config)
     if world > 1:  # every rank inspects the run dir before rank 0 writes to it (else a rank may see half of it)
         _agree_on_resume_step(resume, run_dir)
         dist.barrier()

@@ -1,4 +1,5 @@
-"""Multi-phase methods (self-training, SimCLR v2 distillation) as a chain of ordinary engine runs.
+"""The pieces of a multi-phase method (self-training, SimCLR v2 distillation) that its phases and the
+chain share: hand-over files, a phase's network and lineage record. The chain runs in training.runner.
 
     RUN/config.yaml            the method's recipe (a changed recipe is refused, as for any run)
     RUN/<phase>/               one engine run per phase (its own config, checkpoints, metrics): each
@@ -17,26 +18,6 @@ import torch
 from . import dist, runfiles
 from .models import Backbone
 from .views import InputSpec
-
-
-def open_chain(config: dict, run_dir: Path) -> dict | None:
-    """Checks the run directory (same rules as a single run); returns the finished chain's state, or None."""
-    from .engine import _open_run_dir, pick_device
-
-    dist.init_from_env(pick_device(config))
-    finished = _open_run_dir(run_dir, config)
-    dist.barrier()
-    if dist.rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runfiles.write_config(run_dir, config)
-    dist.barrier()
-    return finished
-
-
-def run_phase(phase_config: dict, run_dir: Path, name: str) -> Path:
-    from .engine import pretrain
-
-    return pretrain(dict(phase_config), run_dir / name)
 
 
 def hand_over(path: Path, make) -> dict:

@@ -33,6 +33,7 @@ from torch import nn
 
 from . import dist
 from .batches import _PRIME, StepBatches
+from .branch import OneBranch
 from .heads import mlp_head
 
 
@@ -200,9 +201,9 @@ class LazyRows(nn.Module):
 
 
 # ---------------------------------------------------------------- the method
-class PIC(nn.Module):
+class PIC(OneBranch):
+    branch = "encoder"
     name = "pic"
-    views = 1
     uses_indices = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, instances: int, dim: int = 128, hidden: int = 2048,
@@ -216,20 +217,7 @@ class PIC(nn.Module):
         self.register_buffer("recent", torch.full((negatives,), -1, dtype=torch.long))  # FIFO of instance ids
         self.register_buffer("recent_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("schedule_position", torch.zeros(2, dtype=torch.long))  # (window, batch in window)
-        self._runner, self._pending, self._batches = None, None, None
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.encoder.backbone
-
-    def trainable_module(self) -> nn.Module:
-        return self.encoder
-
-    def set_runner(self, runner: nn.Module) -> None:
-        object.__setattr__(self, "_runner", runner)
-
-    def reset_key_encoder(self) -> None:
-        pass
+        self._pending, self._batches = None, None
 
     def make_batches(self, images, transform, batch_size, seed, rank=0, world_size=1, views=1) -> WindowBatches:
         if len(images) != self.classes.weight.shape[0]:
@@ -247,8 +235,7 @@ class PIC(nn.Module):
             self.schedule_position.copy_(torch.tensor(self._batches.position(step)))
 
     def forward(self, view1: torch.Tensor, view2=None, indices: torch.Tensor | None = None) -> torch.Tensor:
-        runner = self._runner or self.encoder
-        z = runner(view1).float()
+        z = self.run(view1).float()
         ids = indices.to(z.device)
         batch_ids = dist.gather_no_grad(ids)  # every rank samples the same classes
         recent = self.recent[self.recent >= 0]
@@ -280,9 +267,6 @@ class PIC(nn.Module):
         slots = (self.recent_ptr + torch.arange(ids.shape[0], device=ids.device)) % size
         self.recent[slots] = ids
         self.recent_ptr.copy_((self.recent_ptr + ids.shape[0]) % size)
-
-    def head_state_dict(self) -> dict:
-        return {f"head.{k}": v for k, v in self.encoder.head.state_dict().items()}
 
 
 def build(config: dict, backbone, source) -> PIC:

@@ -13,7 +13,8 @@
     iterate   student_k teaches round k+1 (`iterations` rounds)
 The final student's backbone exports as `selftrain-<domain>-<arch>`; its lineage names the teacher
 and every intermediate student (with the sha256 of their backbones) and the initialisation.
-Each phase is an ordinary engine run (training.phases): resume, torchrun and checkpoints as usual.
+The chain itself (training.runner.run_selftrain) runs each phase as an ordinary engine run: resume,
+torchrun and checkpoints as usual.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dist, phases, runfiles
+from . import phases, runfiles
 from .batches import _PRIME, StepBatches
+from .branch import OneBranch
 from .supervised import add_stochastic_depth, classifier, labelled_indices, source_targets, supervised_loss
 
 
@@ -110,10 +112,9 @@ class MixedBatches(StepBatches):
         return torch.cat(chosen)
 
 
-class Student(nn.Module):
+class Student(OneBranch):
     """A classifier trained on labelled + pseudo-labelled images with Noisy Student's noise."""
     name = "selftrain_student"
-    views = 1
     uses_indices = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, labels: torch.Tensor, labelled: np.ndarray,
@@ -134,23 +135,6 @@ class Student(nn.Module):
         self.register_buffer("pseudo_targets", table, persistent=False)
         self.labelled, self.pseudo_indices = labelled, pseudo["indices"]
         self.ratio, self.label_smoothing, self.randaugment = ratio, label_smoothing, randaugment
-        self._runner = None
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    def trainable_module(self) -> nn.Module:
-        return self.model
-
-    def set_runner(self, runner: nn.Module) -> None:
-        object.__setattr__(self, "_runner", runner)
-
-    def reset_key_encoder(self) -> None:
-        pass
-
-    def after_backward(self) -> None:
-        pass
 
     def make_batches(self, images, transform, batch_size, seed, rank=0, world_size=1, views=1) -> MixedBatches:
         from torchvision.transforms import v2
@@ -162,16 +146,13 @@ class Student(nn.Module):
                             labelled_share)
 
     def forward(self, view1: torch.Tensor, view2=None, indices: torch.Tensor | None = None) -> torch.Tensor:
-        logits = (self._runner or self.model)(view1)
+        logits = self.run(view1)
         indices = indices.to(self.kind.device)
         labelled = self.kind.index_select(0, indices) == 1
         loss = supervised_loss(logits[labelled], self.labels.index_select(0, indices[labelled]),
                                label_smoothing=self.label_smoothing)
         pseudo = ~labelled
         return loss + self.ratio * supervised_loss(logits[pseudo], self.pseudo_targets.index_select(0, indices[pseudo]))
-
-    def head_state_dict(self) -> dict:
-        return {f"head.{k}": v for k, v in self.model.head.state_dict().items()}
 
 
 def build_student(config: dict, backbone, source) -> Student:
@@ -194,32 +175,3 @@ def teacher_config(config: dict) -> dict:
 def student_config(config: dict, pseudo_file: Path) -> dict:
     return {**config, "method": "selftrain_student", "pseudo_file": str(pseudo_file),
             "augment_device": False}  # RandAugment runs in the loader
-
-
-def run(config: dict, run_dir: str | Path) -> Path:
-    from .data import open_source
-
-    run_dir = Path(run_dir)
-    finished = phases.open_chain(config, run_dir)
-    if finished is not None:
-        return finished["path"]
-    source = open_source(config["data"], config["split"], config["domain"])
-    if source.multi_label:
-        raise ValueError("self-training is implemented for single-label data")
-    labelled = labelled_indices(source, config["labels"], config["seed"])
-    unlabelled = unlabelled_indices(source, labelled, config["unlabeled_images"], config["seed"])
-    pseudo_share = config["batch_size"] - config["batch_size"] // (1 + config["unlabeled_ratio"])
-    teacher = phases.run_phase(teacher_config(config), run_dir, "teacher")
-    lineage = [phases.phase_record("teacher", "teacher", teacher)]
-    for round_index in range(1, config["iterations"] + 1):
-        pseudo_file = run_dir / f"pseudo_{round_index}.pt"
-        pseudo = phases.hand_over(pseudo_file, lambda: pseudo_label(teacher, source, unlabelled, config,
-                                                                     pseudo_share))
-        if dist.rank() == 0:
-            runfiles.MetricsLog(run_dir).write(phase=f"pseudo_{round_index}",
-                                               **{k: v.tolist() for k, v in pseudo["stats"].items()})
-        teacher = phases.run_phase(student_config(config, pseudo_file), run_dir, f"student_{round_index}")
-        if round_index < config["iterations"]:
-            lineage.append(phases.phase_record("teacher", f"student_{round_index}", teacher))
-    lineage.append(phases.init_record(config))
-    return phases.finish_chain(config, run_dir, teacher, lineage)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batches import _PRIME, StepBatches
+from .branch import OneBranch
 
 
 # ---------------------------------------------------------------- pieces shared with selftrain / distill
@@ -88,9 +89,8 @@ def head_lr_groups(model: nn.Sequential, weight_decay: float, exclude_bn_bias: b
     return groups
 
 
-class Supervised(nn.Module):
+class Supervised(OneBranch):
     name = "supervised"
-    views = 1
     uses_indices = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, targets: torch.Tensor, multi_label: bool = False,
@@ -102,23 +102,6 @@ class Supervised(nn.Module):
         self.register_buffer("targets", targets, persistent=False)  # the data's labels, not run state
         self.multi_label, self.label_smoothing, self.head_lr_scale = multi_label, label_smoothing, head_lr_scale
         self.labelled = labelled
-        self._runner = None
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.backbone
-
-    def trainable_module(self) -> nn.Module:
-        return self.model
-
-    def set_runner(self, runner: nn.Module) -> None:
-        object.__setattr__(self, "_runner", runner)
-
-    def reset_key_encoder(self) -> None:
-        pass
-
-    def after_backward(self) -> None:
-        pass
 
     def parameter_groups(self, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
         return head_lr_groups(self.model, weight_decay, exclude_bn_bias, self.head_lr_scale)
@@ -127,12 +110,9 @@ class Supervised(nn.Module):
         return IndexBatches(images, transform, batch_size, seed, rank, world_size, 1, self.labelled)
 
     def forward(self, view1: torch.Tensor, view2=None, indices: torch.Tensor | None = None) -> torch.Tensor:
-        logits = (self._runner or self.model)(view1)
+        logits = self.run(view1)
         targets = self.targets.index_select(0, indices.to(self.targets.device))
         return supervised_loss(logits, targets, self.multi_label, self.label_smoothing)
-
-    def head_state_dict(self) -> dict:
-        return {f"head.{k}": v for k, v in self.model.head.state_dict().items()}
 
 
 def source_targets(source) -> torch.Tensor:
