@@ -8,6 +8,10 @@ benchmarks/results/mutation/<module>.txt for triage (benchmarks/RESULTS.md, "Mut
     nice -n 10 python benchmarks/mutation.py                      # every module, 1 process
     nice -n 10 python benchmarks/mutation.py zoo/names.py zoo/bn.py
     python benchmarks/mutation.py --list                          # modules and the tests each one runs
+    nice -n 19 python benchmarks/mutation.py training/engine.py --sample 80   # a seeded random sample only
+
+--sample runs a random sample of a module's mutants (seed 0) whose every mutant runs real training and would
+take hours in full; its report gives the sample's score and a 95% interval for the module's.
 
 A mutant counts as caught when a test fails on it or it times out (an infinite loop is caught too);
 "survived" and "no tests" (no selected test reaches the function) count against the score.
@@ -107,22 +111,54 @@ def mutmut(work: Path, *args: str, capture: bool = True) -> str:
     return done.stdout if capture else ""
 
 
-def run_module(module: str, work_root: Path, max_children: int, reuse: bool = False) -> dict:
+def first_mutant(module: str) -> str:
+    """The name mutmut gives the first mutant of the module's first top-level function (to generate only)."""
+    import ast
+
+    tree = ast.parse((ROOT / module).read_text())
+    function = next(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    return f"{module.removesuffix('.py').replace('/', '.')}.x_{function}__mutmut_1"
+
+
+def sample_names(work: Path, module: str, size: int, seed: int) -> list[str]:
+    """A seeded random sample of the module's mutants (mutmut generates them all, then runs only these)."""
+    import random
+
+    names = [line.strip().split(":")[0] for line in mutmut(work, "results", "--all", "true").splitlines()
+             if ":" in line and "__mutmut_" in line]
+    return sorted(random.Random(seed).sample(sorted(names), min(size, len(names))))
+
+
+def run_module(module: str, work_root: Path, max_children: int, reuse: bool = False, sample: int | None = None,
+               seed: int = 0) -> dict:
     work = work_root / module.replace("/", "_").removesuffix(".py")
     started = time.perf_counter()
+    chosen: list[str] = []
     if reuse and (work / "mutants" / "mutmut-stats.json").exists():  # mutmut's verdicts kept; tests refreshed
         shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
+        if sample:
+            chosen = json.loads((work / "sample.json").read_text())
     else:
         scratch_copy(work)
         configure(work, module, MODULES[module])
         log = (work / "mutmut.log").open("w")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["OMP_NUM_THREADS"] = "1"
-        run = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
-                              str(max_children)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        command = [str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(max_children)]
+        if sample:  # generate every mutant (and run one), then run a random sample of them
+            run = subprocess.run(command + [first_mutant(module)], cwd=work, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+            if run.returncode != 0:
+                raise SystemExit(f"{module}: mutmut exited {run.returncode}; see {work / 'mutmut.log'}")
+            chosen = sample_names(work, module, sample, seed)
+            (work / "sample.json").write_text(json.dumps(chosen))
+            command += chosen
+        run = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         if run.returncode != 0:  # e.g. the selected tests fail on the unmutated code: no verdict at all
             raise SystemExit(f"{module}: mutmut exited {run.returncode}; see {work / 'mutmut.log'}")
     minutes = (time.perf_counter() - started) / 60
+    if sample:
+        return report_sample(work, module, chosen, minutes)
     mutmut(work, "export-cicd-stats")
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     if not stats_file.exists():
@@ -151,6 +187,39 @@ def run_module(module: str, work_root: Path, max_children: int, reuse: bool = Fa
     (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
     return {"module": module, "caught": caught, "total": stats["total"], "score": score,
             "survived": len(undetected) - len(left_no_tests), "no_tests": len(left_no_tests), "minutes": minutes}
+
+
+def report_sample(work: Path, module: str, chosen: list[str], minutes: float) -> dict:
+    """The score of a random sample of the module's mutants, with a 95% (Wilson) interval for the whole."""
+    import math
+
+    status = {line.strip().split(":")[0]: line.strip().split(":")[1].strip()
+              for line in mutmut(work, "results", "--all", "true").splitlines() if "__mutmut_" in line}
+    total = len(status)
+    unchecked = [name for name in chosen if status.get(name) == "not checked"]
+    undetected = [name for name in chosen if status.get(name) in ("survived", "no tests")]
+    rechecked = recheck(work, module, undetected)
+    undetected = [name for name in undetected if name not in rechecked]
+    checked = len(chosen) - len(unchecked)
+    caught = checked - len(undetected)
+    score = caught / checked if checked else 1.0
+    z = 1.96
+    centre = (score + z * z / (2 * checked)) / (1 + z * z / checked)
+    half = z * math.sqrt(score * (1 - score) / checked + z * z / (4 * checked * checked)) / (1 + z * z / checked)
+    report = [f"{module}: a random sample (seed 0) of {len(chosen)} of its {total} mutants; {checked} checked, "
+              f"{caught} caught ({score:.1%}; 95% interval for the module {centre - half:.1%} to "
+              f"{centre + half:.1%}); {len(undetected)} undetected; {minutes:.1f} min",
+              f"tests: {' '.join(MODULES[module])} {' '.join(SPAWNED.get(module, []))}",
+              f"killed on the recheck (tests added after the mutmut run): {len(rechecked)}",
+              f"not checked (run stopped): {len(unchecked)}", ""]
+    for name in undetected:
+        diff = [line for line in mutmut(work, "show", name).splitlines()
+                if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
+        report += [f"## {name} ({status[name]})", *diff, ""]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
+    return {"module": module, "caught": caught, "total": checked, "score": score, "survived": len(undetected),
+            "no_tests": 0, "minutes": minutes}
 
 
 def recheck(work: Path, module: str, names: list[str]) -> list[str]:
@@ -202,6 +271,8 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print each module's test selection and exit")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a finished mutmut run in --work; redo only the recheck of its survivors and the report")
+    parser.add_argument("--sample", type=int, help="run only a seeded random sample of this many mutants per "
+                                                   "module (a module whose full run would take hours)")
     parser.add_argument("--recheck-in", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recheck_in:  # internal: --recheck-in MODULE -- MUTANT... (the mutants land in `modules`)
@@ -216,7 +287,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for module in args.modules or list(MODULES):
-        row = run_module(module, Path(args.work), args.max_children, args.reuse)
+        row = run_module(module, Path(args.work), args.max_children, args.reuse, args.sample)
         rows.append(row)
         print(f"| {row['module']} | {row['caught']}/{row['total']} | {row['score']:.1%} | {row['survived']} | "
               f"{row['no_tests']} | {row['minutes']:.0f} |", flush=True)

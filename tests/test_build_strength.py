@@ -87,3 +87,59 @@ def test_finish_keeps_removes_or_adds_the_head_and_casts():
     fresh = build.finish(timm.create_model("resnet18", num_classes=7), 3, 7, dtype=torch.float64)
     assert fresh.fc.out_features == 3 and fresh.conv1.weight.dtype == torch.float64 and not fresh.training
     assert build.finish(timm.create_model("resnet18", num_classes=0), None, 0, device="cpu").conv1.weight.device.type == "cpu"
+
+
+def test_cifar_stem_needs_both_the_stem_conv_and_the_max_pool():
+    with pytest.raises(CheckpointFormatError, match="^zoo_stem='cifar' needs a ResNet, not hrnet_w18_small$"):
+        build.create_on_meta("hrnet_w18_small", 0, {"zoo_stem": "cifar"})  # conv1, but no maxpool
+
+
+def test_cifar_stem_reductions_stay_integers():
+    model = build.create_on_meta("resnet18", 0, {"zoo_stem": "cifar"})
+    assert [type(stage["reduction"]) for stage in model.feature_info] == [int] * 5  # timm indexes strides with them
+
+
+def test_key_mismatch_message_names_the_model_class_and_the_keys(tmp_path):
+    import timm
+
+    state = timm.create_model("resnet18", num_classes=0).state_dict()
+    state["extra.weight"] = state.pop("fc.weight", torch.zeros(1))
+    path = tmp_path / "keys.safetensors"
+    save_state_dict(state, path)
+    with pytest.raises(CheckpointFormatError) as caught:
+        build.build_from_file("resnet18", path, 0)
+    assert str(caught.value) == f"{path} does not fit ResNet: unexpected keys: extra.weight"
+
+
+def test_shape_mismatch_message_keeps_400_characters_of_torchs_text(tmp_path):
+    import timm
+
+    state = {key: torch.zeros(1) for key in timm.create_model("resnet18", num_classes=0).state_dict()}
+    path = tmp_path / "shapes.safetensors"
+    save_state_dict(state, path)
+    with pytest.raises(CheckpointFormatError) as caught:
+        build.build_from_file("resnet18", path, 0)
+    prefix = f"{path} does not fit ResNet: "
+    assert str(caught.value).startswith(prefix + "Error(s) in loading state_dict for ResNet")
+    assert len(str(caught.value)) == len(prefix) + 400  # torch's text is thousands of characters long
+
+
+def test_non_persistent_buffers_the_file_cannot_carry_are_refused(tmp_path):
+    """timm's Swin keeps relative_position_index as a non-persistent buffer: a safetensors file never holds
+    it, so a meta build cannot fill it; the build refuses instead of returning meta tensors."""
+    import timm
+
+    args = {"embed_dim": 8, "depths": (9,), "num_heads": (1,), "img_size": 28, "window_size": 7}
+    path = tmp_path / "swin.safetensors"
+    save_state_dict(timm.create_model("swin_tiny_patch4_window7_224", num_classes=0, **args).state_dict(), path)
+    with pytest.raises(CheckpointFormatError) as caught:
+        build.build_from_file("swin_tiny_patch4_window7_224", path, 0, args)
+    names = [f"layers.0.blocks.{i}.attn.relative_position_index" for i in range(8)]  # 9 such buffers, 8 named
+    assert str(caught.value) == f"{path}: tensors left uninitialised after loading: {names}"
+
+
+def test_finish_moves_to_a_device_without_a_dtype():
+    import timm
+
+    model = build.finish(timm.create_model("resnet18", num_classes=0), None, 0, device="meta")
+    assert model.conv1.weight.is_meta and model.conv1.weight.dtype == torch.float32 and not model.training

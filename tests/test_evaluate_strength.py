@@ -145,3 +145,180 @@ def test_record_fields_and_command(monkeypatch):
     assert row == {"protocol": "linear", "data": "digits", "split": "test", "metric": "top1", "value": 0.5,
                    "command": "bench.py --n 2", "lr": 0.3} and type(row["value"]) is float
     assert ev.record("knn", "d", "val", "top1", 1, command="given")["command"] == "given"
+
+
+# ---- the protocols end to end on real images (scikit-learn's 8x8 digits, offline) with small real models ------
+
+from types import SimpleNamespace  # noqa: E402
+
+from training.features import extract, subset  # noqa: E402
+from training.views import InputSpec  # noqa: E402
+
+SPEC = InputSpec(channels=1, image_size=8, mean=(0.3063,), std=(0.3762,))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from training.data import open_source
+
+    return {split: open_source("digits", split) for split in ("train", "val", "test")}
+
+
+def _multi_label(images, num_classes=11):
+    """The same real images with two labels each: the digit, and label 10 for 'even' (a real multi-label set)."""
+    import dataclasses
+
+    from datasets import Dataset
+
+    tags = [[int(d)] + ([10] if d % 2 == 0 else []) for d in images.labels()]
+    array = np.stack([images.image(i).permute(1, 2, 0).numpy() for i in range(len(images))])
+    return dataclasses.replace(images, dataset=Dataset.from_dict({"label": tags}), label_column="label",
+                               num_classes=num_classes, multi_label=True, _array=array)
+
+
+def test_knn_evaluate_scores_the_fixed_subsets_with_the_reference(digits):
+    train, test = digits["train"], digits["test"]
+    flat = torch.nn.Flatten()
+    train_index, test_index = subset(200, len(train), 0), subset(60, len(test), 1)  # the protocol's fixed seeds
+    features = extract(flat, train, SPEC, train_index)
+    expected = _reference_knn(features, train.labels()[train_index], extract(flat, test, SPEC, test_index), 10, 7, 0.3)
+    truth = torch.from_numpy(test.labels()[test_index])
+    top1 = float((expected.argmax(1) == truth).double().mean())
+    got = ev.knn_evaluate(flat, train, test, SPEC, k=7, t=0.3, train_images=200, test_images=60)
+    assert got == {"metric": "top1", "value": pytest.approx(top1, abs=1e-6)} and 0.7 < top1 < 1.0
+    assert ev.knn_accuracy(flat, train, test, SPEC, k=7, t=0.3, train_images=200, test_images=60) == got["value"]
+    other = ev.knn_accuracy(flat, train, test, SPEC, k=1, t=0.3, train_images=200, test_images=60)
+    assert other != got["value"]  # k reaches the vote
+
+
+def test_knn_evaluate_defaults_and_multi_label_auroc(digits):
+    train, test = _multi_label(digits["train"]), _multi_label(digits["test"])
+    flat = torch.nn.Flatten()
+    train_index, test_index = subset(150, len(train), 0), subset(50, len(test), 1)
+    scores = ev.knn_scores(extract(flat, train, SPEC, train_index), torch.from_numpy(train.labels()[train_index]),
+                           extract(flat, test, SPEC, test_index), 11, 200, 0.1)
+    expected = ev.auroc_summary(scores, torch.from_numpy(test.labels()[test_index]))
+    got = ev.knn_evaluate(flat, train, test, SPEC, train_images=150, test_images=50)
+    assert got == {"metric": "mean_auroc", **expected} and 0.8 < got["value"] <= 1.0
+    assert ev.knn_accuracy(flat, train, test, SPEC, train_images=150, test_images=50) == got["value"]
+    other = ev.knn_accuracy(flat, train, test, SPEC, t=1.0, train_images=150, test_images=50)
+    assert other != got["value"]  # t reaches the vote
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_linear_eval_record_is_the_probe_on_the_fixed_subsets(digits, multi, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["bench.py", "linear"])
+    sets = {k: _multi_label(v) if multi else v for k, v in digits.items()}
+    backbone = torch.nn.Flatten()
+    index, val_index, test_index = subset(300, 1258, 0), subset(80, 269, 2), subset(80, 270, 3)
+    probe = dict(lrs=(0.1, 1.0), iterations=30, batch_size=64, val_every=10)
+    y = lambda s, i: torch.from_numpy(sets[s].labels()[i])  # noqa: E731
+    expected = ev.linear_probe(extract(backbone, sets["train"], SPEC, index), y("train", index),
+                               extract(backbone, sets["val"], SPEC, val_index), y("val", val_index),
+                               extract(backbone, sets["test"], SPEC, test_index), y("test", test_index),
+                               11 if multi else 10, multi, **probe)
+    got = ev.linear_eval(backbone, sets["train"], sets["val"], sets["test"], SPEC, "digits", train_images=300,
+                         eval_images=80, **probe)
+    details = {k: v for k, v in expected.get("test_auroc", {}).items() if k != "value"}
+    assert got == {"protocol": "linear", "data": "digits", "split": "test",
+                   "metric": "mean_auroc" if multi else "top1", "value": expected["value"],
+                   "command": "bench.py linear", **details, "val_score": expected["val"], "lr": expected["lr"],
+                   "iteration": expected["iteration"], "train_images": 300, "test_images": 80,
+                   "grid": [{"lr": r["lr"], "val": r["val"], "test": r["test"]} for r in expected["grid"]]}
+    assert set(details) == ({"mean_auroc_defined_labels", "one_class_labels", "one_class_rule"} if multi else set())
+    assert got["value"] > (0.6 if multi else 0.3)
+
+
+class _Recorder(torch.nn.Module):
+    """A small real conv net that notes each forward: train/eval mode, batch shape, and the learning rates
+    the optimizer holds at that moment (the optimizer the protocol built, seen through `optimizers`)."""
+
+    def __init__(self, log, optimizers):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.log, self.optimizers = log, optimizers
+
+    def forward(self, x):
+        lrs = tuple(g["lr"] for g in self.optimizers[-1].param_groups) if self.optimizers else None
+        self.log.append(("train" if self.training else "eval", tuple(x.shape), lrs if self.training else None))
+        return self.net(x)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    """Every SGD the protocol creates (the real optimizer, remembered) and every backbone it makes."""
+    optimizers, log, backbones = [], [], []
+
+    class RememberedSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+    monkeypatch.setattr(torch.optim, "SGD", RememberedSGD)
+
+    def make_backbone():
+        backbones.append(_Recorder(log, optimizers))
+        backbones[-1].initial = {k: v.clone() for k, v in backbones[-1].state_dict().items()}
+        return backbones[-1]
+    return SimpleNamespace(optimizers=optimizers, log=log, backbones=backbones, make=make_backbone)
+
+
+def test_finetune_follows_the_protocol_step_by_step(digits, recording, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["bench.py", "semi"])
+    got = ev.finetune_eval(recording.make, 4, digits["train"], digits["val"], digits["test"], SPEC, "digits",
+                           labels=20, lrs=(0.5, 0.05), iterations=6, batch_size=8, eval_images=30, seed=3, val_every=4)
+    # per lr: the same seeded init, 6 training steps of 8 augmented images, validation at 4 and 6
+    first, second = recording.backbones
+    for key in first.initial:
+        assert torch.equal(first.initial[key], second.initial[key])
+    for optimizer, lr in zip(recording.optimizers, (0.5, 0.05)):
+        backbone_group, head_group = optimizer.param_groups
+        assert (backbone_group["initial_lr"], head_group["initial_lr"]) == (lr, pytest.approx(lr * 100))
+        assert all(g["momentum"] == 0.9 and g["weight_decay"] == 0.0 and not g["nesterov"] for g in (backbone_group,
+                                                                                                      head_group))
+        assert [p.shape for p in head_group["params"]] == [(10, 4), (10,)]
+    backbone_params = list(first.parameters())
+    assert all(a is b for a, b in zip(recording.optimizers[0].param_groups[0]["params"], backbone_params))
+    trained = [entry for entry in recording.log if entry[0] == "train"]
+    assert [shape for _, shape, _ in trained] == [(8, 1, 8, 8)] * 12
+    lr_steps = [lrs for _, _, lrs in trained]
+    for start, lr in ((0, 0.5), (6, 0.05)):  # x0.1 after steps round(6/3) = 2 and round(12/3) = 4
+        expected = [lr, lr, lr * 0.1, lr * 0.1, lr * 0.01, lr * 0.01]
+        assert [pytest.approx(lrs[0]) for lrs in lr_steps[start:start + 6]] == expected
+        assert [pytest.approx(lrs[1]) for lrs in lr_steps[start:start + 6]] == [100 * x for x in expected]
+    modes = "".join("t" if mode == "train" else "e" for mode, _, _ in recording.log)
+    # validation (30 images) after steps 4 and 6, the test set (30) each time the validation score improved
+    assert modes.startswith("tttte") and modes.count("t") == 12
+    evaluated = [shape for mode, shape, _ in recording.log if mode == "eval"]
+    assert set(evaluated) == {(30, 1, 8, 8)} and 4 <= len(evaluated) <= 8
+    # the record: each lr's best validation point, and the test score of the lr that validated best
+    assert [g["lr"] for g in got["grid"]] == [0.5, 0.05] and all(g["iteration"] in (4, 6) for g in got["grid"])
+    best = max(got["grid"], key=lambda g: g["val"])
+    assert (got["lr"], got["val_score"], got["value"], got["iteration"]) == (best["lr"], best["val"], best["test"],
+                                                                             best["iteration"])
+    assert {k: got[k] for k in ("protocol", "data", "split", "metric", "labels", "iterations", "batch_size",
+                                "command")} == {"protocol": "semi_supervised", "data": "digits", "split": "test",
+                                                "metric": "top1", "labels": 20, "iterations": 6, "batch_size": 8,
+                                                "command": "bench.py semi"}
+    assert all(0.0 <= g["val"] <= 1.0 and 0.0 <= g["test"] <= 1.0 for g in got["grid"])
+
+
+def test_finetune_scores_are_the_models_own_on_the_fixed_subsets(digits, recording):
+    got = ev.finetune_eval(recording.make, 4, digits["train"], digits["val"], digits["test"], SPEC, "digits",
+                           labels=None, lrs=(0.05,), iterations=2, batch_size=16, eval_images=40, val_every=1)
+    assert got["protocol"] == "finetune" and got["labels"] == 1258  # None: every training image
+    assert got["iteration"] in (1, 2) and got["value"] == got["grid"][0]["test"]
+    # trained: the backbone moved away from its seeded init
+    backbone = recording.backbones[0]
+    assert any(not torch.equal(backbone.initial[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_finetune_multi_label_reports_the_auroc_details(digits, recording):
+    sets = {k: _multi_label(v) for k, v in digits.items()}
+    got = ev.finetune_eval(recording.make, 4, sets["train"], sets["val"], sets["test"], SPEC, "digits", labels=15,
+                           lrs=(0.05,), iterations=2, batch_size=8, eval_images=40, val_every=1)
+    assert got["metric"] == "mean_auroc" and got["labels"] == 15
+    assert set(got) >= {"mean_auroc_defined_labels", "one_class_labels", "one_class_rule"}
+    assert got["one_class_rule"] == "scored 0 and averaged in (the HPT study's rule)"
+    assert got["one_class_labels"] == 0 and 0.0 <= got["value"] <= 1.0
+    assert [p.shape for p in recording.optimizers[0].param_groups[1]["params"]] == [(11, 4), (11,)]

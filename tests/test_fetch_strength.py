@@ -120,3 +120,381 @@ def test_offline_revision_lookup_and_fix_text(hub_cache, offline):
         "It is not in the local cache and HF_HUB_OFFLINE is set (or the Hub is unreachable). Prefetch it while "
         "online with `zoo download sup-flowers-r18` (uses HF_HOME / HF_HUB_CACHE), or point HF_ENDPOINT at a "
         "mirror that serves someone/flowers-r18.")
+
+
+# ---- through a real Hub-compatible server: olah on loopback serving a two-commit mirror repo ----------------
+# (a module-scoped server: about a second to start, so a mutation run that forks a pytest per mutant still fits)
+
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import threading  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from zoo.errors import UnknownRevisionError, shorten  # noqa: E402
+from zoo.fetch import _offline_fix, download, resolve_revision  # noqa: E402
+
+TINY_REPO = "zoo-tests/fetch-tiny"
+FIRST, SECOND = b"first trunk bytes " * 40, b"second trunk bytes " * 40
+
+
+def _pinned(commit: str, payload: bytes = FIRST, repo_id: str = TINY_REPO) -> Entry:
+    return Entry("sup-flowers-r18", {"repo_id": repo_id, "revision": commit, "files": {
+        "model.safetensors": {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}}})
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory):
+    from zoo.mirror import commit_files, serve
+
+    root = tmp_path_factory.mktemp("fetch-mirror")
+    first = commit_files(root, TINY_REPO, {"model.safetensors": FIRST}, "first")
+    second = commit_files(root, TINY_REPO, {"model.safetensors": SECOND}, "second")
+    with serve(root) as endpoint:
+        yield SimpleNamespace(endpoint=endpoint, first=first, second=second)
+
+
+def _point_at(monkeypatch, endpoint: str) -> None:
+    """What HF_ENDPOINT does when huggingface_hub is imported (it was imported with conftest's port)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+
+
+@pytest.fixture
+def online(tiny_hub, hub_cache, monkeypatch):
+    _point_at(monkeypatch, tiny_hub.endpoint)
+    return tiny_hub
+
+
+@pytest.fixture
+def nothing_listens(hub_cache, monkeypatch) -> str:
+    from zoo.mirror import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    _point_at(monkeypatch, endpoint)
+    return endpoint
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """Answers HEAD and GET with the statuses and headers a test sets (answers olah never gives)."""
+    head_status, get_status, headers_to_send = 500, 500, {}
+
+    def _answer(self, status):
+        self.send_response(status)
+        headers = {"Content-Length": "0", **self.headers_to_send} if status == 200 else {"Content-Length": "0"}
+        if status != 200:  # an error's headers (X-Error-Code) without the file's metadata
+            headers.update({k: v for k, v in self.headers_to_send.items() if k.startswith("X-Error")})
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def do_HEAD(self):
+        self._answer(self.head_status)
+
+    def do_GET(self):
+        self._answer(self.get_status)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answering(hub_cache, monkeypatch):
+    """A loopback HTTP server answering every request as set; returns the function that sets it."""
+    handler = type("Handler", (_Answer,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _point_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+
+    def answer(head: int, get: int | None = None, **headers):
+        handler.head_status, handler.get_status = head, get or head
+        handler.headers_to_send = {key.replace("_", "-"): value for key, value in headers.items()}
+    yield answer
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(params=[1, 2], ids=["drops-1", "drops-2"])
+def drops_connections(request, tiny_hub, hub_cache, monkeypatch):
+    """A loopback TCP relay to olah that closes its first 1 or 2 connections unanswered (olah itself
+    sometimes resets the first lookup of a repo); yields (drops, the list of connections it accepted)."""
+    import contextlib
+    import socket
+    from urllib.parse import urlsplit
+
+    olah_port = urlsplit(tiny_hub.endpoint).port
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def pipe(source, target):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def relay():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(client)
+            if len(accepted) <= request.param:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", olah_port))
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+    threading.Thread(target=relay, daemon=True).start()
+    _point_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield request.param, accepted
+    listener.close()
+
+
+def test_resolve_revision_asks_the_server_for_the_exact_commit(online):
+    entry = _pinned(online.first)
+    assert resolve_revision(entry, "main") == online.second  # a branch: the commit it names now
+    assert resolve_revision(entry, online.second) == online.second
+    assert resolve_revision(_pinned(online.second), online.first) == online.first
+
+
+def test_the_pinned_revision_needs_no_server(nothing_listens):
+    entry = _pinned("c" * 40)
+    assert resolve_revision(entry, "c" * 40) == "c" * 40
+    with pytest.raises(NotCachedError) as caught:
+        resolve_revision(entry, "main")
+    assert str(caught.value) == ("sup-flowers-r18: cannot look up revision 'main' (ConnectError: '[Errno 111] "
+                                 f"Connection refused'). {_offline_fix(entry)}")
+
+
+@pytest.mark.parametrize("revision, status", [("no-such-branch", 401), ("f" * 40, 500)])
+def test_unknown_revision_names_the_status_and_the_pin(online, revision, status):
+    entry = _pinned(online.first)
+    with pytest.raises(UnknownRevisionError) as caught:
+        resolve_revision(entry, revision)
+    assert str(caught.value) == (f"sup-flowers-r18: the server (HF_ENDPOINT) does not know revision "
+                                 f"{shorten(revision)} of {TINY_REPO} (HTTP {status}); the catalog pins "
+                                 f"{online.first} (leave revision= out to use it)")
+
+
+def test_a_dropped_connection_is_retried_once_and_only_once(drops_connections, tiny_hub):
+    drops, accepted = drops_connections
+    entry = _pinned(tiny_hub.first)
+    if drops == 1:
+        assert resolve_revision(entry, "main") == tiny_hub.second
+        assert len(accepted) == 2
+    else:
+        with pytest.raises(NotCachedError, match="^sup-flowers-r18: cannot look up revision 'main' "):
+            resolve_revision(entry, "main")
+        assert len(accepted) == 2  # no third try
+
+
+def test_a_programming_error_in_the_lookup_is_not_turned_into_not_cached(online):
+    from huggingface_hub.errors import HFValidationError
+
+    with pytest.raises(HFValidationError):  # huggingface_hub's own refusal of the repo id, unchanged
+        resolve_revision(_pinned(online.first, repo_id="bad//repo"), "main")
+
+
+def test_download_returns_the_revisions_own_file(online):
+    path = download(_pinned(online.first), "model.safetensors", online.second)
+    assert Path(path).read_bytes() == SECOND
+    assert Path(path).parent.name == online.second and Path(path).parent.parent.name == "snapshots"
+
+
+def test_download_maps_what_the_server_does_not_have(online):
+    entry = _pinned(online.first)
+    with pytest.raises(UnknownRevisionError) as caught:
+        download(entry, "model.safetensors", "no-such-branch")  # olah: 401, "Repository Not Found"
+    assert str(caught.value) == (
+        f"sup-flowers-r18: model.safetensors is not available from {TINY_REPO}@no-such-branch on the server "
+        f"(HF_ENDPOINT); check the revision (the catalog pins {online.first}) (RepositoryNotFoundError)")
+    with pytest.raises(UnknownRevisionError) as caught:
+        download(entry, "absent.json", online.first)  # 404 EntryNotFound
+    assert str(caught.value) == (
+        f"sup-flowers-r18: absent.json is not available from {TINY_REPO}@{online.first} on the server "
+        f"(HF_ENDPOINT); check the revision (the catalog pins {online.first}) (RemoteEntryNotFoundError)")
+
+
+def test_download_maps_a_revision_not_found_answer(answering):
+    answering(404, X_Error_Code="RevisionNotFound")
+    entry = _pinned("c" * 40)
+    with pytest.raises(UnknownRevisionError) as caught:
+        download(entry, "model.safetensors", "v" * 45)
+    assert str(caught.value) == (f"sup-flowers-r18: {TINY_REPO} has no revision {shorten('v' * 45)}; the catalog "
+                                 f"pins {'c' * 40} (leave revision= out to use it)")
+
+
+def test_download_maps_other_http_errors_to_not_cached_with_the_fix(answering):
+    # the metadata answer is fine, the file itself is refused
+    answering(200, 403, X_Repo_Commit="d" * 40, ETag='"' + "e" * 64 + '"', Content_Length="5")
+    entry = _pinned("c" * 40)
+    with pytest.raises(NotCachedError) as caught:
+        download(entry, "model.safetensors", "d" * 45)
+    message = str(caught.value)
+    prefix, suffix = f"sup-flowers-r18: cannot get model.safetensors from {TINY_REPO}@{'d' * 40}: ", f". {_offline_fix(entry)}"
+    assert message.startswith(prefix) and message.endswith(suffix)
+    server_said = message[len(prefix):-len(suffix)]  # huggingface_hub's long 403 text, cut to 200 characters
+    assert server_said.startswith("'403 Forbidden") and server_said.endswith(" characters>")
+    assert 190 <= len(server_said) <= 200
+
+
+def test_download_maps_a_cache_that_cannot_be_written(online, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "a-file" / "hub"))
+    entry = _pinned(online.first)
+    with pytest.raises(NotCachedError) as caught:
+        download(entry, "model.safetensors", online.first)
+    message = str(caught.value)
+    assert message.startswith(f"sup-flowers-r18: cannot get model.safetensors from {TINY_REPO}@{online.first}: "
+                              f"\"[Errno 20] Not a directory")
+    assert message.endswith(f". {_offline_fix(entry)}")
+
+
+def test_fetch_downloads_verifies_then_serves_from_the_cache_without_the_server(online, monkeypatch):
+    entry = _pinned(online.first)
+    path = fetch(entry, "model.safetensors")
+    assert Path(path).read_bytes() == FIRST and Path(path).parent.name == online.first
+    second = fetch(entry, "model.safetensors", revision=online.second,
+                   expected={"sha256": hashlib.sha256(SECOND).hexdigest(), "size": len(SECOND)})
+    assert Path(second).read_bytes() == SECOND and Path(second).parent.name == online.second
+    from zoo.mirror import free_port
+
+    _point_at(monkeypatch, f"http://127.0.0.1:{free_port()}")  # the server is gone: the cache answers
+    assert fetch(entry, "model.safetensors") == path
+
+
+def test_corrupt_cached_file_is_fetched_again_while_online(online):
+    entry = _pinned(online.first)
+    path = fetch(entry, "model.safetensors")
+    blob = Path(os.path.realpath(path))
+    blob.write_bytes(FIRST[:-1] + b"!")
+    again = fetch(entry, "model.safetensors")
+    assert again == path and Path(again).read_bytes() == FIRST
+
+
+def test_server_serving_other_bytes_is_refused_and_nothing_stays_cached(online, hub_cache):
+    entry = _pinned(online.first, payload=SECOND)  # the catalog says SECOND, the commit holds FIRST
+    with pytest.raises(IntegrityError) as caught:
+        fetch(entry, "model.safetensors")
+    assert str(caught.value) == (
+        f"sup-flowers-r18: model.safetensors from {TINY_REPO}@{online.first[:12]} does not match the catalog "
+        f"(sha256 {hashlib.sha256(SECOND).hexdigest()[:12]}..., {len(SECOND)} bytes) even after a fresh download. "
+        f"The server or mirror serves different bytes than were published; report it, do not use them.")
+    assert not [p for p in hub_cache.rglob("*") if p.is_file() and p.read_bytes() == FIRST]
+    assert not list(hub_cache.rglob("model.safetensors"))
+
+
+def test_unreachable_server_fails_fast_and_says_so(nothing_listens):
+    entry = _pinned("c" * 40)
+    with pytest.raises(NotCachedError) as caught:
+        fetch(entry, "model.safetensors")
+    assert str(caught.value) == (
+        f"sup-flowers-r18: cannot get model.safetensors of {TINY_REPO}@cccccccccccc: {nothing_listens} is "
+        f"unreachable (ConnectionRefusedError: [Errno 111] Connection refused). {_offline_fix(entry)}")
+
+
+def test_unreachable_server_with_a_corrupt_copy_is_an_integrity_error(nothing_listens, hub_cache):
+    snapshot = _fill(hub_cache, PAYLOAD[:-1])
+    entry = _entry()
+    with pytest.raises(IntegrityError) as caught:
+        fetch(entry, "model.safetensors")
+    assert str(caught.value) == (
+        f"sup-flowers-r18: cannot get model.safetensors of someone/flowers-r18@{REVISION[:12]}: {nothing_listens} "
+        f"is unreachable (ConnectionRefusedError: [Errno 111] Connection refused) (the cached copy was corrupt and "
+        f"was removed). {_offline_fix(entry)}")
+    assert not os.path.lexists(snapshot)
+
+
+def test_corrupt_copy_and_a_failing_server_is_an_integrity_error(answering, hub_cache):
+    answering(403)  # huggingface_hub: LocalEntryNotFoundError, zoo: NotCachedError
+    snapshot = _fill(hub_cache, PAYLOAD[:-1])
+    with pytest.raises(IntegrityError) as caught:
+        fetch(_entry(), "model.safetensors")
+    assert str(caught.value) == (
+        "sup-flowers-r18: the cached model.safetensors was corrupt (sha256/size mismatch) and was removed, and a "
+        f"fresh copy cannot be fetched now. {_offline_fix(_entry())}")
+    assert not os.path.lexists(snapshot)
+
+
+def test_bad_file_behind_a_folder_link_leaving_the_cache_is_not_removed(hub_cache, offline, tmp_path):
+    outside = tmp_path / "users-folder"
+    outside.mkdir()
+    (outside / "model.safetensors").write_bytes(b"the user's own file")
+    snapshots = hub_cache / "models--someone--flowers-r18" / "snapshots"
+    snapshots.mkdir(parents=True)
+    (snapshots / REVISION).symlink_to(outside)
+    with pytest.raises(IntegrityError) as caught:
+        fetch(_entry(), "model.safetensors")
+    repo = os.path.realpath(hub_cache / "models--someone--flowers-r18")
+    assert str(caught.value) == (
+        f"sup-flowers-r18: the cached {snapshots / REVISION / 'model.safetensors'} does not match the catalog's "
+        f"sha256 and is reached through a folder link that leaves the HF cache ({repo}); it was not removed. "
+        f"Remove that link yourself, then load again.")
+    assert (outside / "model.safetensors").read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("target_in", ["outside", "other_repo_blobs", "own_blobs_folder"])
+def test_bad_link_is_removed_but_never_what_it_points_to(hub_cache, offline, tmp_path, target_in):
+    repo = hub_cache / "models--someone--flowers-r18"
+    snapshot = repo / "snapshots" / REVISION / "model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    if target_in == "outside":
+        target = tmp_path / "elsewhere" / "file"
+    elif target_in == "other_repo_blobs":
+        target = hub_cache / "models--other--repo" / "blobs" / "abc"
+    else:  # a folder, not a file, inside this repo's blobs: not a blob to delete
+        target = repo / "blobs" / "sub" / "file"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not the payload")
+    snapshot.symlink_to(target)
+    with pytest.raises(IntegrityError):
+        fetch(_entry(), "model.safetensors")
+    assert not os.path.lexists(snapshot) and target.read_bytes() == b"not the payload"
+
+
+@pytest.fixture
+def hangs_up(hub_cache, monkeypatch):
+    """A loopback server that reads each request and closes the connection without an answer."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with client:
+                request = b""
+                while b"\r\n\r\n" not in request:  # the whole request read: the close is a plain FIN
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+    threading.Thread(target=serve, daemon=True).start()
+    _point_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield
+    listener.close()
+
+
+def test_download_maps_a_dropped_connection_to_not_cached(hangs_up):
+    entry = _pinned("c" * 40)
+    with pytest.raises(NotCachedError) as caught:
+        download(entry, "model.safetensors", "c" * 40)
+    assert str(caught.value) == (f"sup-flowers-r18: cannot get model.safetensors from {TINY_REPO}@{'c' * 40} "
+                                 f"(RemoteProtocolError: 'Server disconnected without sending a response.'). "
+                                 f"{_offline_fix(entry)}")
+
+
+def test_download_passes_programming_errors_through(online):
+    from huggingface_hub.errors import HFValidationError
+
+    with pytest.raises(HFValidationError):
+        download(_pinned(online.first, repo_id="bad//repo"), "model.safetensors", online.first)

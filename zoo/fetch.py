@@ -60,14 +60,19 @@ def resolve_revision(entry: Entry, revision: str) -> str:
             raise UnknownRevisionError(f"{entry.name}: the server (HF_ENDPOINT) does not know revision "
                                        f"{shorten(revision)} of {entry.repo_id} (HTTP {status}); the catalog pins "
                                        f"{entry.revision} (leave revision= out to use it)") from None
-        except Exception as error:  # connection refused/reset, timeout: httpx's errors are not OSError
-            library = type(error).__module__.split(".")[0].rstrip("0123456789")
-            if not isinstance(error, OSError) and library not in ("httpx", "httpcore"):
+        except Exception as error:
+            if not _network_error(error):
                 raise
             if attempt:
                 raise NotCachedError(f"{entry.name}: cannot look up revision {shorten(revision)} "
                                      f"({type(error).__name__}: {shorten(str(error), 200)}). {_offline_fix(entry)}") from None
     return commit or revision
+
+
+def _network_error(error: BaseException) -> bool:
+    """Connection refused/reset, timeout: OSError, or httpx's own errors (which are not OSError)."""
+    library = type(error).__module__.split(".")[0].rstrip("0123456789")  # httpx, or a vendored httpx2
+    return isinstance(error, OSError) or library in ("httpx", "httpcore")
 
 
 def _offline_fix(entry: Entry) -> str:
@@ -139,6 +144,11 @@ def download(entry: Entry, filename: str, revision: str, force: bool = False) ->
     except (HfHubHTTPError, OSError) as error:
         raise NotCachedError(f"{entry.name}: cannot get {filename} from {where}: "
                              f"{shorten(str(error), 200)}. {_offline_fix(entry)}") from None
+    except Exception as error:  # a connection reset mid-request: httpx's errors are not OSError
+        if not _network_error(error):
+            raise
+        raise NotCachedError(f"{entry.name}: cannot get {filename} from {where} ({type(error).__name__}: "
+                             f"{shorten(str(error), 200)}). {_offline_fix(entry)}") from None
 
 
 def fetch(entry: Entry, filename: str, revision: str | None = None, expected: dict | None = None) -> str:
