@@ -6,7 +6,8 @@ blur, flip), done the way the HPT study's OpenSelfSup pipeline did it -- PIL ope
 parameters of both views are drawn *before* decoding, and a JPEG is decoded at the coarsest DCT scale
 (PIL's `draft`, 1/2, 1/4, 1/8) at which both crops still have at least the output resolution. A
 1280x720 frame cropped to 224 px never needs its full-resolution pixels. Crop + resize is one PIL
-call (antialiased), on the decoded mode (a grayscale X-ray is replicated to RGB only at 224 px).
+call (antialiased), on the decoded mode (a grayscale X-ray stays one band through every op and is
+replicated to RGB only as the output tensor).
 Random numbers come from torch's generator, so StepBatches' per-image seeding
 makes views reproducible exactly as with views.view_transform.
 
@@ -25,6 +26,18 @@ from torchvision.transforms import v2
 from .views import RECIPES, InputSpec
 
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+_IDENTITY = list(range(256))
+
+
+def blend_table(constant: int, factor: float) -> list[int]:
+    """`Image.blend(constant image, image, factor)` as a 256-entry table: the same float32 arithmetic and
+    truncation (or clipping, when extrapolating) as Pillow's C loop, so `image.point(table)` gives the
+    very pixels ImageEnhance's Brightness (constant 0) and Contrast (constant = the gray mean) give."""
+    values = np.arange(256, dtype=np.float32)
+    blended = np.float32(constant) + np.float32(factor) * (values - np.float32(constant))
+    return np.clip(blended, 0, 255).astype(np.uint8).tolist()
 
 
 def _uniform(low: float, high: float) -> float:
@@ -101,24 +114,29 @@ class EncodedViews:
                 for top, left, h, w in boxes]
 
     def _jitter(self, view: Image.Image) -> Image.Image:
-        """torchvision's ColorJitter on a PIL image (same factor distributions, random order, the same PIL
-        operations), without its per-call dispatch; hue through one HSV array instead of split/merge."""
-        from PIL import ImageEnhance
+        """torchvision's ColorJitter on a PIL image: the same factor distributions, random order and
+        pixels, in fewer passes. Brightness and contrast blend with a constant image, so they are one
+        lookup table each (`blend_table`, bit-identical to ImageEnhance); hue shifts the H band of one
+        HSV image by a table. A gray view (a gray source for an RGB network, replicated only at the end)
+        has no saturation or hue to change: blending a gray image with its own gray is the identity."""
+        from PIL import ImageEnhance, ImageStat
 
         brightness, contrast, saturation, hue = self.params["jitter"]
         draws = torch.rand(4).tolist()
         for op in torch.randperm(4).tolist():
             if op == 0 and brightness > 0:
-                view = ImageEnhance.Brightness(view).enhance(1 - brightness + 2 * brightness * draws[0])
+                view = view.point(blend_table(0, 1 - brightness + 2 * brightness * draws[0]) * len(view.getbands()))
             elif op == 1 and contrast > 0:
-                view = ImageEnhance.Contrast(view).enhance(1 - contrast + 2 * contrast * draws[1])
-            elif op == 2 and saturation > 0:
+                gray = view if view.mode == "L" else view.convert("L")
+                mean = int(ImageStat.Stat(gray).mean[0] + 0.5)
+                view = view.point(blend_table(mean, 1 - contrast + 2 * contrast * draws[1]) * len(view.getbands()))
+            elif op == 2 and saturation > 0 and view.mode == "RGB":
                 view = ImageEnhance.Color(view).enhance(1 - saturation + 2 * saturation * draws[2])
             elif op == 3 and hue > 0 and view.mode == "RGB":
-                shift = np.int32((-hue + 2 * hue * draws[3]) * 255).astype(np.uint8)
-                hsv = np.array(view.convert("HSV"))
-                hsv[..., 0] += shift  # uint8 wrap-around = rotation of the hue circle, as torchvision does
-                view = Image.fromarray(hsv, "HSV").convert("RGB")
+                shift = int(np.int32((-hue + 2 * hue * draws[3]) * 255).astype(np.uint8))
+                # uint8 wrap-around = rotation of the hue circle, as torchvision does
+                rotate = [(v + shift) % 256 for v in range(256)]
+                view = view.convert("HSV").point(rotate + _IDENTITY + _IDENTITY).convert("RGB")
         return view
 
     def _view(self, image: Image.Image, box) -> torch.Tensor:
@@ -126,11 +144,11 @@ class EncodedViews:
         # reducing_gap: an integer box-reduce first when shrinking by >= 3x (PIL: "indistinguishable from
         # fair resampling in most cases"), then the antialiased resample
         view = image.resize((size, size), self.resample, box=box, reducing_gap=3.0)
-        if view.mode != self.mode:  # a gray source for an RGB network: replicated after the resize, not before
-            view = view.convert(self.mode)
+        # a gray source for an RGB network stays one band through the ops (each acts on R=G=B alike)
+        # and is replicated to three only as a tensor at the end
         if self.jitter is not None and float(torch.rand(())) < p["jitter_p"]:
             view = self._jitter(view)
-        if p["gray_p"] > 0 and self.mode == "RGB" and float(torch.rand(())) < p["gray_p"]:
+        if p["gray_p"] > 0 and self.mode == "RGB" and float(torch.rand(())) < p["gray_p"] and view.mode == "RGB":
             view = view.convert("L").convert("RGB")
         if p["blur_p"] > 0 and float(torch.rand(())) < p["blur_p"]:
             view = view.filter(ImageFilter.GaussianBlur(radius=_uniform(0.1, 2.0)))
@@ -138,4 +156,6 @@ class EncodedViews:
             view = view.transpose(Image.FLIP_LEFT_RIGHT)
         pixels = torch.from_numpy(np.array(view, dtype=np.uint8))
         pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        if pixels.shape[0] != self.spec.channels:  # gray view, RGB network
+            pixels = pixels.expand(self.spec.channels, -1, -1)
         return (pixels.float() - self.mean) * self.inv_std
