@@ -33,10 +33,7 @@ def test_stem_refusals_name_the_problem():
     assert args == {"zoo_stem": "cifar"}  # the caller's dict is not consumed
 
 
-def test_meta_build_allocates_nothing_and_skips_init(monkeypatch):
-    calls = []
-    original = torch.Tensor.normal_
-    monkeypatch.setattr(torch.Tensor, "normal_", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+def test_meta_build_allocates_nothing_and_skips_init():
     model = build.create_on_meta("resnet18", 10)
     assert all(t.is_meta for t in model.state_dict().values())
     assert model.fc.out_features == 10
@@ -143,3 +140,28 @@ def test_finish_moves_to_a_device_without_a_dtype():
 
     model = build.finish(timm.create_model("resnet18", num_classes=0), None, 0, device="meta")
     assert model.conv1.weight.is_meta and model.conv1.weight.dtype == torch.float32 and not model.training
+
+
+class _Reached(torch.overrides.TorchFunctionMode):
+    """Records every torch function that reaches it (entered outside _SkipInitOnMeta: what that one passes on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_init_on_meta_tensors_stops_at_the_skip_mode_and_real_tensors_pass():
+    meta, real = torch.empty(4, 4, device="meta"), torch.empty(4, 4)
+    with _Reached() as reached, build._SkipInitOnMeta():
+        assert torch.nn.init.normal_(meta) is meta  # positional (the Tensor method's self)
+        assert torch.nn.init.kaiming_uniform_(tensor=meta) is meta  # nn.init passes tensor= by keyword
+        assert meta.uniform_() is meta
+    assert [name for name in reached.names if name != "__get__"] == []  # only the skip's own is_meta reads
+    with _Reached() as reached, build._SkipInitOnMeta():
+        torch.nn.init.constant_(tensor=real, val=3.0)
+        real.add_(1)
+    assert {"constant_", "add_"} <= set(reached.names) and torch.equal(real, torch.full((4, 4), 4.0))

@@ -339,7 +339,8 @@ def test_download_maps_other_http_errors_to_not_cached_with_the_fix(answering):
     assert message.startswith(prefix) and message.endswith(suffix)
     server_said = message[len(prefix):-len(suffix)]  # huggingface_hub's long 403 text, cut to 200 characters
     assert server_said.startswith("'403 Forbidden") and server_said.endswith(" characters>")
-    assert 190 <= len(server_said) <= 200
+    full_length = server_said.rsplit("...<", 1)[1].removesuffix(" characters>")
+    assert len(server_said) == 200 - 20 + len(f"...<{full_length} characters>")  # shorten(text, 200)
 
 
 def test_download_maps_a_cache_that_cannot_be_written(online, monkeypatch, tmp_path):
@@ -498,3 +499,37 @@ def test_download_passes_programming_errors_through(online):
 
     with pytest.raises(HFValidationError):
         download(_pinned(online.first, repo_id="bad//repo"), "model.safetensors", online.first)
+
+
+def test_wrong_bytes_are_downloaded_exactly_twice_then_refused(hub_cache, monkeypatch):
+    """A server whose file never matches the catalog: one fresh download after the first, not more."""
+    served = []
+
+    class WrongBytes(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            for key, value in {"X-Repo-Commit": "c" * 40, "ETag": '"' + "e" * 64 + '"', "Content-Length": "5"}.items():
+                self.send_header(key, value)
+            self.end_headers()
+
+        def do_GET(self):
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WrongBytes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _point_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(IntegrityError, match="does not match the catalog .* even after a fresh download"):
+            fetch(_pinned("c" * 40), "model.safetensors")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served == [f"/{TINY_REPO}/resolve/{'c' * 40}/model.safetensors"] * 2
+    assert not list(hub_cache.rglob("model.safetensors")) and not [p for p in hub_cache.rglob("*") if p.is_file()
+                                                                    and p.read_bytes() == b"hello"]
