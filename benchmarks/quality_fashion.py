@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from training.views import view_transform
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIBRATION_WINDOW = 6  # steps per timing window
+CHECKPOINT_EVERY = 50  # the long runs resume from here after an interruption
 
 
 def evaluate(backbone, spec, sets, args) -> dict:
@@ -46,31 +48,84 @@ def evaluate(backbone, spec, sets, args) -> dict:
 
 
 def budget_steps(seconds_per_step: float, args) -> int:
-    return args.steps or max(10, int(args.minutes * 60 / seconds_per_step))
+    """--minutes of the machine the existing rows ran on (see machine_factor), in this method's steps here."""
+    return args.steps or max(10, int(args.minutes * 60 * args.machine_factor / seconds_per_step))
+
+
+def machine_factor(args, results: dict, work: Path) -> dict:
+    """How much slower this machine (and thread count) is than the one that made the existing rows: the
+    reference method's seconds per step here over the seconds per step it recorded there. Rows added
+    later then get the same compute as the existing ones, not the same wall-clock minutes of a slower
+    machine. Measured once per work folder and reused, so a resumed run keeps its step counts."""
+    saved = work / "machine_factor.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    reference = args.budget_reference
+    recorded = (results.get(reference) or {}).get("calibrated_seconds_per_step") if reference else None
+    if not recorded:
+        return {"factor": 1.0, "reference": None}
+    here = calibrate_ssl(reference, args, work, cpu_time=True)
+    record = {"factor": here / recorded, "reference": reference, "recorded_seconds_per_step": recorded,
+              "here_cpu_seconds_per_step": here, "threads": torch.get_num_threads()}
+    runfiles.atomic_write_bytes(saved, json.dumps(record).encode())
+    return record
+
+
+def saved_steps(work: Path, decide) -> int:
+    """The step count decided for this run folder (calibrated once; a rerun resumes with the same schedule)."""
+    path = work / "budget_steps.json"
+    if path.exists():
+        return json.loads(path.read_text())["steps"]
+    steps = decide()
+    work.mkdir(parents=True, exist_ok=True)
+    runfiles.atomic_write_bytes(path, json.dumps({"steps": steps}).encode())
+    return steps
 
 
 def ssl_config(method, args, steps) -> dict:
     knn_every = args.knn_every or max(1, steps // args.curve_points)
     return resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
                             batch_size=args.batch, knn_every=knn_every, knn_train_images=args.curve_train,
-                            knn_test_images=args.curve_test, checkpoint_every=steps, progress=False, log_every=10))
+                            knn_test_images=args.curve_test, checkpoint_every=min(steps, CHECKPOINT_EVERY),
+                            progress=False, log_every=10))
 
 
-def calibrate_ssl(method, args, work) -> float:
-    """Seconds per training step, as the engine runs it (data pipeline included), after warm-up."""
-    config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size,
-                              steps=3 * CALIBRATION_WINDOW, batch_size=args.batch, checkpoint_every=1000,
-                              progress=False, log_every=CALIBRATION_WINDOW))
+def calibrate_ssl(method, args, work, cpu_time: bool = False) -> float:
+    """Seconds per training step, as the engine runs it (data pipeline included), after warm-up.
+    cpu_time: this process's CPU seconds per step instead of wall-clock (the difference between a
+    short and a longer run, so start-up cancels): what a step costs, whatever else the machine runs."""
+    if cpu_time:
+        spent = []
+        for steps in (CALIBRATION_WINDOW, 3 * CALIBRATION_WINDOW):
+            work.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=work, prefix=f"{method}-cpu-calibration-") as run:
+                start = time.process_time()
+                _calibration_run(method, args, Path(run), steps)
+                spent.append(time.process_time() - start)
+        return (spent[1] - spent[0]) / (2 * CALIBRATION_WINDOW)
     run = work / f"{method}-calibration"
-    pretrain(dict(config), run)
+    _calibration_run(method, args, run, 3 * CALIBRATION_WINDOW)
     rates = [row["images_per_s"] for row in runfiles.read_metrics(run) if "images_per_s" in row]
     return args.batch / (sum(rates[1:]) / len(rates[1:]))  # the first window holds the warm-up
 
 
+def _calibration_run(method, args, run: Path, steps: int) -> None:
+    config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size,
+                              steps=steps, batch_size=args.batch, checkpoint_every=1000,
+                              progress=False, log_every=CALIBRATION_WINDOW))
+    pretrain(dict(config), run)
+
+
 def self_supervised(method, args, sets, work) -> dict:
-    seconds_per_step = calibrate_ssl(method, args, work)
-    steps = budget_steps(seconds_per_step, args)
-    print(f"{method}: {seconds_per_step:.2f} s/step calibrated -> {steps} steps", flush=True)
+    seconds_per_step = None
+
+    def decide() -> int:
+        nonlocal seconds_per_step
+        seconds_per_step = calibrate_ssl(method, args, work, cpu_time=args.machine_factor != 1.0)
+        return budget_steps(seconds_per_step, args)
+
+    steps = saved_steps(work, decide)
+    print(f"{method}: {seconds_per_step or 0:.2f} s/step calibrated -> {steps} steps", flush=True)
     config = ssl_config(method, args, steps)
     run = work / method
     start = time.perf_counter()
@@ -150,11 +205,13 @@ def chain(method, args, sets, work) -> dict:
     from training.views import InputSpec
 
     phases_count = 3
-    steps = args.steps or budget_steps(calibrate_chain_step(method, args, work), args) // phases_count
+    steps = saved_steps(work, lambda: args.steps or budget_steps(calibrate_chain_step(method, args, work), args)
+                        // phases_count)
     extra = (dict(labels=1000, iterations=2, unlabeled_images=args.unlabeled_images, init=args.selftrain_init)
              if method == "selftrain" else dict(label_fraction=0.1))
     config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
-                              batch_size=args.batch, checkpoint_every=steps, progress=False, log_every=10, **extra))
+                              batch_size=args.batch, checkpoint_every=min(steps, CHECKPOINT_EVERY), progress=False,
+                              log_every=10, **extra))
     run = work / method
     start = time.perf_counter()
     final = pretrain(dict(config), run)
@@ -174,7 +231,7 @@ def chain(method, args, sets, work) -> dict:
 
 def calibrate_chain_step(method, args, work) -> float:
     """Seconds per step of the chain's supervised-style phases, measured like calibrate_ssl."""
-    return calibrate_ssl("supervised", args, work)
+    return calibrate_ssl("supervised", args, work, cpu_time=args.machine_factor != 1.0)
 
 
 def plot(results: dict, path: Path, args) -> None:
@@ -215,16 +272,23 @@ def main():
                         help="any of random, moco, simclr, supervised, pic, rotation, selftrain, distill")
     parser.add_argument("--unlabeled-images", type=int, default=0, help="selftrain: unlabelled images (0: all)")
     parser.add_argument("--selftrain-init", help="selftrain: the students' initialisation (zoo name or folder)")
+    parser.add_argument("--budget-reference", default=None,
+                        help="a method already in the JSON (e.g. moco): its speed here vs its recorded speed converts "
+                             "--minutes of the machine that made the JSON's rows into steps on this one")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' results already in the JSON (rerun some methods only)")
+    parser.add_argument("--results", default=str(RESULTS / "quality_fashion.json"), help="the JSON to write")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
-    out = RESULTS / "quality_fashion.json"
+    out = Path(args.results)
     results = json.loads(out.read_text())["results"] if args.update and out.exists() else {}
     RESULTS.mkdir(exist_ok=True)
+    budget = machine_factor(args, results, work)
+    args.machine_factor = budget["factor"]
+    print(f"budget: {args.minutes} min x machine factor {args.machine_factor:.2f} ({budget})", flush=True)
     for name in args.methods.split(","):
         print(f"== {name}", flush=True)
         if name == "random":
@@ -235,17 +299,18 @@ def main():
             results[name] = supervised(args, sets, work)
         elif name in ("selftrain", "distill"):
             label = name + ("-from-init" if name == "selftrain" and args.selftrain_init else "")
-            results[label] = chain(name, args, sets, work / f"{label}-{int(time.time())}")
+            results[label] = chain(name, args, sets, work / label)
             name = label
         else:
-            results[name] = self_supervised(name, args, sets, work / f"{name}-{int(time.time())}")
+            results[name] = self_supervised(name, args, sets, work / name)
+        results[name]["budget"] = {**budget, "minutes_of_reference_machine": args.minutes}
         results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
         print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss", "args")}), flush=True)
         if args.update and out.exists():  # another command may have added its methods meanwhile
             results = {**json.loads(out.read_text())["results"], name: results[name]}
         runfiles.atomic_write_bytes(out, json.dumps({"results": results}, indent=2).encode())
     if "random" in results:
-        plot(results, RESULTS / "quality_fashion_knn.png", args)
+        plot(results, out.with_name(out.stem + "_knn.png"), args)
     print(f"{'':>11} {'kNN':>7} {'linear':>7} {'steps':>6} {'train s':>8}")
     for name, result in results.items():
         print(f"{name:>11} {100 * result['knn_top1']:6.2f}% {100 * result['linear_top1']:6.2f}% "
