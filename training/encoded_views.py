@@ -40,6 +40,12 @@ def blend_table(constant: int, factor: float) -> list[int]:
     return np.clip(blended, 0, 255).astype(np.uint8).tolist()
 
 
+def _point(image: Image.Image, table: list[int]) -> Image.Image:
+    """`image.point(table)` for an 8-bit image and an integer table, without Image.point's per-entry
+    `round()` in Python (a third of the op's cost at 224 px)."""
+    return image._new(image.im.point(table, None))
+
+
 def _uniform(low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand(()))
 
@@ -125,18 +131,18 @@ class EncodedViews:
         draws = torch.rand(4).tolist()
         for op in torch.randperm(4).tolist():
             if op == 0 and brightness > 0:
-                view = view.point(blend_table(0, 1 - brightness + 2 * brightness * draws[0]) * len(view.getbands()))
+                view = _point(view, blend_table(0, 1 - brightness + 2 * brightness * draws[0]) * len(view.getbands()))
             elif op == 1 and contrast > 0:
                 gray = view if view.mode == "L" else view.convert("L")
                 mean = int(ImageStat.Stat(gray).mean[0] + 0.5)
-                view = view.point(blend_table(mean, 1 - contrast + 2 * contrast * draws[1]) * len(view.getbands()))
+                view = _point(view, blend_table(mean, 1 - contrast + 2 * contrast * draws[1]) * len(view.getbands()))
             elif op == 2 and saturation > 0 and view.mode == "RGB":
                 view = ImageEnhance.Color(view).enhance(1 - saturation + 2 * saturation * draws[2])
             elif op == 3 and hue > 0 and view.mode == "RGB":
                 shift = int(np.int32((-hue + 2 * hue * draws[3]) * 255).astype(np.uint8))
                 # uint8 wrap-around = rotation of the hue circle, as torchvision does
-                rotate = [(v + shift) % 256 for v in range(256)]
-                view = view.convert("HSV").point(rotate + _IDENTITY + _IDENTITY).convert("RGB")
+                rotate = _IDENTITY[shift:] + _IDENTITY[:shift]  # v -> (v + shift) mod 256
+                view = _point(view.convert("HSV"), rotate + _IDENTITY + _IDENTITY).convert("RGB")
         return view
 
     def _view(self, image: Image.Image, box) -> torch.Tensor:
@@ -158,4 +164,4 @@ class EncodedViews:
         pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
         if pixels.shape[0] != self.spec.channels:  # gray view, RGB network
             pixels = pixels.expand(self.spec.channels, -1, -1)
-        return (pixels.float() - self.mean) * self.inv_std
+        return pixels.float().sub_(self.mean).mul_(self.inv_std)
