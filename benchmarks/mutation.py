@@ -222,10 +222,13 @@ def report_sample(work: Path, module: str, chosen: list[str], minutes: float) ->
             "no_tests": 0, "minutes": minutes}
 
 
+SKIP_RECHECK = False
+
+
 def recheck(work: Path, module: str, names: list[str]) -> list[str]:
     """Run the module's tests (fresh copies: tests added since the mutmut run count) and its spawned-process
     tests on each undetected mutant, in one process inside the mutated copy; returns the mutants they kill."""
-    if not names:
+    if not names or SKIP_RECHECK:
         return []
     shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -273,11 +276,15 @@ def main(argv=None) -> int:
                         help="keep a finished mutmut run in --work; redo only the recheck of its survivors and the report")
     parser.add_argument("--sample", type=int, help="run only a seeded random sample of this many mutants per "
                                                    "module (a module whose full run would take hours)")
+    parser.add_argument("--no-recheck", action="store_true",
+                        help="skip the recheck (no tests were added since the mutmut run, none run in spawned processes)")
     parser.add_argument("--recheck-in", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.recheck_in:  # internal: --recheck-in MODULE -- MUTANT... (the mutants land in `modules`)
         print(json.dumps(recheck_in_process(args.recheck_in, args.modules)))
         return 0
+    global SKIP_RECHECK
+    SKIP_RECHECK = args.no_recheck
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")

@@ -271,8 +271,8 @@ def recording(monkeypatch):
 def test_finetune_follows_the_protocol_step_by_step(digits, recording, monkeypatch):
     monkeypatch.setattr("sys.argv", ["bench.py", "semi"])
     got = ev.finetune_eval(recording.make, 4, digits["train"], digits["val"], digits["test"], SPEC, "digits",
-                           labels=20, lrs=(0.5, 0.05), iterations=6, batch_size=8, eval_images=30, seed=3, val_every=4)
-    # per lr: the same seeded init, 6 training steps of 8 augmented images, validation at 4 and 6
+                           labels=20, lrs=(0.5, 0.05), iterations=9, batch_size=8, eval_images=30, seed=3, val_every=4)
+    # per lr: the same seeded init, 9 training steps of 8 augmented images, validation at 4, 8 and 9
     first, second = recording.backbones
     for key in first.initial:
         assert torch.equal(first.initial[key], second.initial[key])
@@ -285,25 +285,25 @@ def test_finetune_follows_the_protocol_step_by_step(digits, recording, monkeypat
     backbone_params = list(first.parameters())
     assert all(a is b for a, b in zip(recording.optimizers[0].param_groups[0]["params"], backbone_params))
     trained = [entry for entry in recording.log if entry[0] == "train"]
-    assert [shape for _, shape, _ in trained] == [(8, 1, 8, 8)] * 12
+    assert [shape for _, shape, _ in trained] == [(8, 1, 8, 8)] * 18
     lr_steps = [lrs for _, _, lrs in trained]
-    for start, lr in ((0, 0.5), (6, 0.05)):  # x0.1 after steps round(6/3) = 2 and round(12/3) = 4
-        expected = [lr, lr, lr * 0.1, lr * 0.1, lr * 0.01, lr * 0.01]
-        assert [pytest.approx(lrs[0]) for lrs in lr_steps[start:start + 6]] == expected
-        assert [pytest.approx(lrs[1]) for lrs in lr_steps[start:start + 6]] == [100 * x for x in expected]
+    for start, lr in ((0, 0.5), (9, 0.05)):  # x0.1 after steps round(9/3) = 3 and round(18/3) = 6
+        expected = [lr] * 3 + [lr * 0.1] * 3 + [lr * 0.01] * 3
+        assert [pytest.approx(lrs[0]) for lrs in lr_steps[start:start + 9]] == expected
+        assert [pytest.approx(lrs[1]) for lrs in lr_steps[start:start + 9]] == [100 * x for x in expected]
     modes = "".join("t" if mode == "train" else "e" for mode, _, _ in recording.log)
-    # validation (30 images) after steps 4 and 6, the test set (30) each time the validation score improved
-    assert modes.startswith("tttte") and modes.count("t") == 12
+    # validation (30 images) after steps 4, 8 and 9, the test set (30) each time the validation score improved
+    assert modes.startswith("tttte") and modes.count("t") == 18
     evaluated = [shape for mode, shape, _ in recording.log if mode == "eval"]
-    assert set(evaluated) == {(30, 1, 8, 8)} and 4 <= len(evaluated) <= 8
+    assert set(evaluated) == {(30, 1, 8, 8)} and 6 <= len(evaluated) <= 12
     # the record: each lr's best validation point, and the test score of the lr that validated best
-    assert [g["lr"] for g in got["grid"]] == [0.5, 0.05] and all(g["iteration"] in (4, 6) for g in got["grid"])
+    assert [g["lr"] for g in got["grid"]] == [0.5, 0.05] and all(g["iteration"] in (4, 8, 9) for g in got["grid"])
     best = max(got["grid"], key=lambda g: g["val"])
     assert (got["lr"], got["val_score"], got["value"], got["iteration"]) == (best["lr"], best["val"], best["test"],
                                                                              best["iteration"])
     assert {k: got[k] for k in ("protocol", "data", "split", "metric", "labels", "iterations", "batch_size",
                                 "command")} == {"protocol": "semi_supervised", "data": "digits", "split": "test",
-                                                "metric": "top1", "labels": 20, "iterations": 6, "batch_size": 8,
+                                                "metric": "top1", "labels": 20, "iterations": 9, "batch_size": 8,
                                                 "command": "bench.py semi"}
     assert all(0.0 <= g["val"] <= 1.0 and 0.0 <= g["test"] <= 1.0 for g in got["grid"])
 
@@ -327,3 +327,117 @@ def test_finetune_multi_label_reports_the_auroc_details(digits, recording):
     assert got["one_class_rule"] == "scored 0 and averaged in (the HPT study's rule)"
     assert got["one_class_labels"] == 0 and 0.0 <= got["value"] <= 1.0
     assert [p.shape for p in recording.optimizers[0].param_groups[1]["params"]] == [(11, 4), (11,)]
+
+
+# ---- the protocol constants, and the rules the first runs left unchecked ----------------------------------
+
+def test_protocol_defaults_are_the_studys():
+    import inspect
+
+    def defaults(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items()
+                if p.default is not inspect.Parameter.empty and name not in ("chunk", "device")}
+    for knn in (ev.knn_scores, ev.knn_predict, ev.knn_evaluate, ev.knn_accuracy):
+        assert {k: v for k, v in defaults(knn).items() if k in ("k", "t")} == {"k": 200, "t": 0.1}
+    assert defaults(ev.linear_probe) == {"multi_label": False, "lrs": (0.3, 3.0, 30.0), "iterations": 5000,
+                                         "batch_size": 512, "val_every": 100, "seed": 0}
+    assert defaults(ev.finetune_eval) == {"labels": 1000, "lrs": (0.01, 0.001), "iterations": 2500,
+                                          "batch_size": 512, "head_lr_scale": 100.0, "eval_images": None, "seed": 0,
+                                          "val_every": 100}
+    assert defaults(ev.labelled_subset) == {"seed": 0}
+
+
+def test_knn_scores_stay_finite_at_a_small_temperature():
+    generator = torch.Generator().manual_seed(2)
+    train = torch.randn(30, 6, generator=generator)
+    labels = torch.randint(0, 3, (30,), generator=generator)
+    test = train[:5] + 0.01 * torch.randn(5, 6, generator=generator)  # similarities near 1: exp(1/0.01) = e^100
+    got = ev.knn_scores(train, labels, test, 3, k=10, t=0.01)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), _reference_knn(train, labels, test, 3, 10, 0.01), rtol=1e-4, atol=1e-6)
+
+
+def test_auroc_summary_counts_all_positive_and_all_negative_labels():
+    targets = torch.tensor([[1, 1, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0]])
+    scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.5, 0.2], [0.8, 0.5, 0.3], [0.1, 0.5, 0.4]])
+    summary = ev.auroc_summary(scores, targets)
+    assert summary["one_class_labels"] == 2
+    assert summary["value"] == pytest.approx(1.0 / 3) and summary["mean_auroc_defined_labels"] == 1.0
+
+
+@pytest.mark.parametrize("iterations", [53, 56, 835, 1250])  # where one more or less in 1651/5000 or 3333/5000 shows
+def test_linear_probe_lr_drops_at_the_studys_fractions(iterations, monkeypatch):
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    ev.linear_probe(x, y, x, y, x, y, 2, lrs=(1.0,), iterations=iterations, batch_size=4, val_every=iterations)
+    first, second = round(iterations * 1651 / 5000), round(iterations * 3333 / 5000)
+    assert seen == pytest.approx([1.0] * first + [0.1] * (second - first) + [0.01] * (iterations - second))
+
+
+def test_linear_probe_uses_momentum_and_every_training_row():
+    """Two points, batches of one: a sampler that skips row 0 never learns class 0; without momentum the
+    classifier is slower (the same few steps leave a smaller margin)."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    result = ev.linear_probe(x, y, x, y, x, y, 2, lrs=(0.5,), iterations=60, batch_size=1, val_every=60)
+    assert result["value"] == 1.0
+    assert set(result["grid"][0]) == {"lr", "val", "test", "iteration"}
+    recorded = []
+
+    class Spy(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            recorded.append(self)
+    try:
+        torch.optim.SGD = Spy
+        ev.linear_probe(x, y, x, y, x, y, 2, lrs=(0.5,), iterations=2, batch_size=1, val_every=2)
+    finally:
+        torch.optim.SGD = Spy.__mro__[1]
+    group = recorded[0].param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 0.0, False)
+
+
+def test_labelled_subset_remembers_what_earlier_picks_cover():
+    labels = np.zeros((6, 3), dtype=np.float32)
+    labels[0, [0, 2]] = 1  # image 0 carries the rare labels 0 and 2
+    labels[1, 1] = 1  # image 1 alone carries label 1
+    labels[2:, 1] = 0  # images 2..5 carry nothing
+    for seed in range(5):
+        chosen = ev.labelled_subset(labels, 3, seed=seed)
+        assert len(np.unique(chosen)) == 3 and {0, 1} <= set(chosen.tolist())  # label 2 is covered by image 0
+    assert ev.labelled_subset(np.array([0, 1, 2, 2, 1]), 3).size == 3  # exactly one per class is enough
+
+
+def test_finetune_validation_ties_keep_the_first_point(digits):
+    """lr 0 and no BatchNorm: the model never changes, every validation point scores the same, the first is kept."""
+    got = ev.finetune_eval(torch.nn.Flatten, 64, digits["train"], digits["val"], digits["test"], SPEC, "digits",
+                           labels=10, lrs=(0.0,), iterations=3, batch_size=4, eval_images=30, val_every=1)
+    assert got["iteration"] == 1 and got["grid"][0]["iteration"] == 1
+    again = ev.finetune_eval(torch.nn.Flatten, 64, digits["train"], digits["val"], digits["test"], SPEC, "digits",
+                             labels=10, lrs=(0.0,), iterations=3, batch_size=4, eval_images=30, val_every=1)
+    assert again == {**got, "command": again["command"]}  # seeded: the same record
+
+
+def test_finetune_validates_and_tests_on_the_fixed_subsets(digits, monkeypatch):
+    from training.views import eval_transform
+
+    seen = []
+
+    class Inputs(torch.nn.Module):
+        def forward(self, x):
+            if not self.training:
+                seen.append(x.clone())
+            return x.flatten(1)
+    ev.finetune_eval(Inputs, 64, digits["train"], digits["val"], digits["test"], SPEC, "digits", labels=10,
+                     lrs=(0.0,), iterations=1, batch_size=4, eval_images=20, val_every=1)
+    transform = eval_transform(SPEC)
+    val = torch.stack([transform(digits["val"].image(int(i))) for i in subset(20, len(digits["val"]), 2)])
+    test = torch.stack([transform(digits["test"].image(int(i))) for i in subset(20, len(digits["test"]), 3)])
+    assert len(seen) == 2 and torch.equal(seen[0], val) and torch.equal(seen[1], test)
