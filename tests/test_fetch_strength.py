@@ -533,3 +533,102 @@ def test_wrong_bytes_are_downloaded_exactly_twice_then_refused(hub_cache, monkey
     assert served == [f"/{TINY_REPO}/resolve/{'c' * 40}/model.safetensors"] * 2
     assert not list(hub_cache.rglob("model.safetensors")) and not [p for p in hub_cache.rglob("*") if p.is_file()
                                                                     and p.read_bytes() == b"hello"]
+
+
+@pytest.fixture
+def garbles(hub_cache, monkeypatch):
+    """A loopback server that answers each request with a long line that is not HTTP (its parser's error
+    quotes it: an error text far over 200 characters)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with client:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+                client.sendall(b"NOT-HTTP " * 60 + b"\r\n\r\n")
+    threading.Thread(target=serve, daemon=True).start()
+    _point_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
+    yield
+    listener.close()
+
+
+def _cut_to_200(text: str) -> bool:
+    """Is `text` zoo.errors.shorten(..., 200) of a longer text (180 characters, then '...<N characters>')?"""
+    full_length = text.rsplit("...<", 1)[1].removesuffix(" characters>")
+    return int(full_length) > 200 and len(text) == 180 + len(f"...<{full_length} characters>")
+
+
+def test_long_error_texts_are_cut_to_200_characters(garbles):
+    entry = _pinned("c" * 40)
+    fix = f"). {_offline_fix(entry)}"
+    with pytest.raises(NotCachedError) as caught:
+        resolve_revision(entry, "main")
+    prefix = "sup-flowers-r18: cannot look up revision 'main' (RemoteProtocolError: "
+    assert str(caught.value).startswith(prefix) and str(caught.value).endswith(fix)
+    assert _cut_to_200(str(caught.value)[len(prefix):-len(fix)])
+    with pytest.raises(NotCachedError) as caught:
+        download(entry, "model.safetensors", "c" * 40)
+    prefix = f"sup-flowers-r18: cannot get model.safetensors from {TINY_REPO}@{'c' * 40} (RemoteProtocolError: "
+    assert str(caught.value).startswith(prefix) and str(caught.value).endswith(fix)
+    assert _cut_to_200(str(caught.value)[len(prefix):-len(fix)])
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan", ""])
+def test_a_bad_etag_timeout_is_refused_with_the_fix(online, monkeypatch, value):
+    from zoo.errors import InvalidArgumentError
+
+    monkeypatch.setenv("ZOO_ETAG_TIMEOUT", value)
+    with pytest.raises(InvalidArgumentError) as caught:
+        download(_pinned(online.first), "model.safetensors", online.first)
+    assert str(caught.value) == (f"ZOO_ETAG_TIMEOUT must be a number of seconds above 0, not {value!r}; unset it "
+                                 f"to wait 10 s")
+
+
+def test_a_short_etag_timeout_is_used(online, monkeypatch):
+    monkeypatch.setenv("ZOO_ETAG_TIMEOUT", "0.5")
+    assert Path(download(_pinned(online.first), "model.safetensors", online.first)).read_bytes() == FIRST
+
+
+def test_a_cache_folder_that_cannot_be_created_says_whom_to_ask(online, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = "/sys/zoo-test-cache/hub"  # sysfs refuses new folders, even to root: a real PermissionError
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
+    with pytest.raises(NotCachedError) as caught:
+        download(_pinned(online.first), "model.safetensors", online.first)
+    assert str(caught.value) == (
+        f"sup-flowers-r18: model.safetensors is not in the HF cache, and the cache ({cache}) is read-only for you "
+        f"(Operation not permitted): ask its owner to run `zoo download sup-flowers-r18` there, or set HF_HUB_CACHE "
+        f"to a writable folder.")
+
+
+def test_a_corrupt_blob_that_cannot_be_removed_is_reported_with_the_fix(hub_cache, offline):
+    """An immutable file (chattr +i) cannot be removed even by root: the read-only shared cache case."""
+    import shutil
+    import subprocess
+
+    snapshot = _fill(hub_cache, PAYLOAD[:-1])
+    blob = os.path.realpath(snapshot)
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", blob], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        with pytest.raises(IntegrityError) as caught:
+            fetch(_entry(), "model.safetensors")
+    finally:
+        subprocess.run(["chattr", "-i", blob], check=True)
+    assert str(caught.value) == (
+        f"sup-flowers-r18: the cached {snapshot} does not match the catalog's sha256, and it cannot be removed "
+        f"(Operation not permitted): the HF cache is read-only. Ask whoever fills it to run `zoo download "
+        f"sup-flowers-r18` there, or use a writable cache (HF_HUB_CACHE=<folder>).")
+    assert os.path.exists(blob)

@@ -72,7 +72,7 @@ def resolve_revision(entry: Entry, revision: str) -> str:
 def _network_error(error: BaseException) -> bool:
     """Connection refused/reset, timeout: OSError, or httpx's own errors (which are not OSError)."""
     library = type(error).__module__.split(".")[0].rstrip("0123456789")  # httpx, or a vendored httpx2
-    return isinstance(error, OSError) or library in ("httpx", "httpcore")
+    return isinstance(error, OSError) or library == "httpx"  # (httpx wraps httpcore's errors in its own)
 
 
 def _offline_fix(entry: Entry) -> str:
@@ -115,6 +115,19 @@ def _drop_cached(entry: Entry, path: str) -> None:
                 f"`zoo download {entry.name}` there, or use a writable cache (HF_HUB_CACHE=<folder>).") from None
 
 
+def _etag_timeout() -> float:
+    """ZOO_ETAG_TIMEOUT: seconds to wait for the server's answer about a file (default 10)."""
+    text = os.environ.get("ZOO_ETAG_TIMEOUT", "10")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also NaN
+        raise InvalidArgumentError(f"ZOO_ETAG_TIMEOUT must be a number of seconds above 0, not {shorten(text)}; "
+                                   f"unset it to wait 10 s")
+    return seconds
+
+
 def download(entry: Entry, filename: str, revision: str, force: bool = False) -> str:
     """hf_hub_download with its errors turned into zoo errors that say what to do."""
     from huggingface_hub import hf_hub_download
@@ -122,9 +135,10 @@ def download(entry: Entry, filename: str, revision: str, force: bool = False) ->
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     where = f"{entry.repo_id}@{revision[:40]}"
+    timeout = _etag_timeout()
     try:
         return hf_hub_download(entry.repo_id, filename, revision=revision, force_download=force,
-                               etag_timeout=float(os.environ.get("ZOO_ETAG_TIMEOUT", 10)))
+                               etag_timeout=timeout)
     except LocalEntryNotFoundError as error:
         raise NotCachedError(f"{entry.name}: cannot get {filename} from {where}. {_offline_fix(entry)} "
                              f"({type(error).__name__})") from None
