@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dist
+from .branch import OneBranch
 from .heads import mlp_head
 
 
@@ -42,8 +43,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather=dist.
     return (torch.logsumexp(logits, dim=1) - logits[rows, positive_index]).mean()
 
 
-class SimCLR(nn.Module):
+class SimCLR(OneBranch):
+    """One network (backbone + projection head) over both views; no key encoder."""
     name = "simclr"
+    branch = "encoder"
+    views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, dim: int = 128, hidden: int = 2048,
                  temperature: float = 0.1, head_layers: int = 3):
@@ -51,30 +55,9 @@ class SimCLR(nn.Module):
         self.encoder = nn.Sequential(OrderedDict(
             backbone=backbone, head=mlp_head(feature_dim, hidden, dim, layers=head_layers, batchnorm=True)))
         self.temperature = temperature
-        self._runner = None
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.encoder.backbone
-
-    def trainable_module(self) -> nn.Module:
-        return self.encoder
-
-    def set_runner(self, runner: nn.Module) -> None:
-        object.__setattr__(self, "_runner", runner)
-
-    def reset_key_encoder(self) -> None:  # no key encoder: nothing to copy
-        pass
-
-    def after_backward(self) -> None:
-        pass
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-        runner = self._runner or self.encoder
         # one forward over both views: BN statistics over 2n images as in the reference implementation
-        z = F.normalize(runner(torch.cat([view1, view2])), dim=1)
+        z = F.normalize(self.run(torch.cat([view1, view2])), dim=1)
         z1, z2 = z.chunk(2)
         return nt_xent(z1, z2, self.temperature)
-
-    def head_state_dict(self) -> dict:
-        return {f"head.{k}": v for k, v in self.encoder.head.state_dict().items()}
