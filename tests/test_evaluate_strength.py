@@ -441,3 +441,70 @@ def test_finetune_validates_and_tests_on_the_fixed_subsets(digits, monkeypatch):
     val = torch.stack([transform(digits["val"].image(int(i))) for i in subset(20, len(digits["val"]), 2)])
     test = torch.stack([transform(digits["test"].image(int(i))) for i in subset(20, len(digits["test"]), 3)])
     assert len(seen) == 2 and torch.equal(seen[0], val) and torch.equal(seen[1], test)
+
+
+# ---- behaviour of the defaults (mutmut's wrappers keep the original signature, so each default is checked by
+# calling without it), and the last rules found unchecked -------------------------------------------------------
+
+def test_knn_default_k_is_200_neighbours_and_t_is_01():
+    direction = torch.tensor([[1.0, 0.0]])
+    # 100 + 100 identical neighbours of two classes (a tie, broken to class 0), then a 201st of class 1 a bit further
+    train = torch.cat([direction.repeat(200, 1), torch.tensor([[0.99, 0.14]]), torch.tensor([[-1.0, 0.0]])])
+    labels = torch.tensor([0] * 100 + [1] * 100 + [1, 0])
+    assert ev.knn_predict(train, labels, direction, 2).tolist() == [0]  # k=201 would add the 201st: class 1
+    scores = ev.knn_scores(train, labels, direction, 2)
+    assert scores[0].tolist() == [0.5, 0.5]
+    # one neighbour at similarity 1 of class 0 against two at 0.9 of class 1: e^0 > 2 e^-1 at t=0.1, not at t=1.1
+    near = torch.tensor([[1.0, 0.0], [0.9, 0.4359], [0.9, -0.4359]])
+    assert ev.knn_predict(near, torch.tensor([0, 1, 1]), direction, 2).tolist() == [0]
+    assert ev.knn_predict(near, torch.tensor([0, 1, 1]), direction, 2, t=1.1).tolist() == [1]
+
+
+def test_knn_evaluate_and_accuracy_defaults_are_k200_t01(digits):
+    train, test = _multi_label(digits["train"]), _multi_label(digits["test"])
+    flat = torch.nn.Flatten()
+    explicit = ev.knn_evaluate(flat, train, test, SPEC, k=200, t=0.1, train_images=400, test_images=40)
+    assert ev.knn_evaluate(flat, train, test, SPEC, train_images=400, test_images=40) == explicit
+    assert ev.knn_accuracy(flat, train, test, SPEC, train_images=400, test_images=40) == explicit["value"]
+    assert ev.knn_evaluate(flat, train, test, SPEC, k=200, t=0.5, train_images=400, test_images=40) != explicit
+
+
+def test_linear_probe_defaults_are_the_study_protocol():
+    """5000 iterations of 512 (of 520 rows), validation every 100, seed 0: the defaults give exactly that run."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(720, 3, generator=generator)
+    y = ((x[:, 0] + 0.8 * torch.randn(720, generator=generator)) > 0).float()[:, None]  # noisy: AUROC < 1
+    y = torch.cat([y, 1 - y], 1)
+    data = (x[:520], y[:520], x[520:620], y[520:620], x[620:], y[620:], 2)
+    explicit = ev.linear_probe(*data, multi_label=True, lrs=(0.3,), iterations=5000, batch_size=512,
+                               val_every=100, seed=0)
+    assert ev.linear_probe(*data, multi_label=True, lrs=(0.3,)) == explicit
+    assert explicit["iteration"] % 100 == 0
+
+
+def test_score_of_multi_label_logits_follows_the_studys_one_class_rule():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # label 1 has no positive: scored 0, averaged in
+    logits = torch.tensor([[3.0, 0.0], [-3.0, 1.0], [2.0, 0.0]])
+    assert ev.score(logits, labels, multi_label=True) == 0.5
+
+
+def test_labelled_subset_defaults_to_seed_0_and_takes_equally_rare_labels_in_order():
+    labels = np.zeros((63, 33), dtype=np.float32)
+    for label in range(30):  # labels 0..29: two carriers each
+        labels[[2 * label, 2 * label + 1], label] = 1
+    for label in range(30, 33):  # labels 30..32: one carrier each, the rarest
+        labels[30 + label, label] = 1
+    assert np.array_equal(ev.labelled_subset(labels, 40), ev.labelled_subset(labels, 40, seed=0))
+    for seed in range(3):
+        chosen = set(ev.labelled_subset(labels, 5, seed=seed).tolist())
+        assert {60, 61, 62} <= chosen and len(chosen & {0, 1}) == 1 and len(chosen & {2, 3}) == 1
+
+
+def test_finetune_is_reproducible_from_its_seed(digits, recording):
+    runs = [ev.finetune_eval(recording.make, 4, digits["train"], digits["val"], digits["test"], SPEC, "digits",
+                             labels=12, lrs=(0.5,), iterations=3, batch_size=6, eval_images=30, seed=7, val_every=1)
+            for _ in range(2)]
+    first, second = recording.backbones
+    assert runs[0]["grid"] == runs[1]["grid"]
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
