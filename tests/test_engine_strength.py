@@ -15,9 +15,11 @@ from training.engine import (_all_ranks_flags, _autocast, _SigtermFlag, apply_me
                              pick_device, pretrain)
 from training.optim import cosine_lr
 
-CONFIG = dict(method="moco", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, steps=5, lr=0.2,
-              lr_scaling="none", warmup_steps=2, queue_size=40, proj_hidden=32, ema_momentum=0.9, log_every=2,
-              checkpoint_every=2, keep_checkpoints=2, progress=False, seed=3)
+CONFIG = dict(method="moco", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, steps=5, lr=0.1,
+              lr_scaling="linear", lr_reference_batch=8, warmup_steps=2, queue_size=40, proj_hidden=32,
+              ema_momentum=0.9, log_every=2, checkpoint_every=2, keep_checkpoints=2, progress=False, seed=3,
+              knn_every=5, knn_k=7, knn_t=0.2, knn_train_images=60, knn_test_images=30)
+PEAK_LR = 0.1 * 16 / 8  # linear scaling from the reference batch of 8
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,48 @@ def test_metrics_rows_are_windows_with_the_lr_of_their_last_step(finished_run):
     rows = [row for row in runfiles.read_metrics(run) if "loss" in row]
     assert [row["step"] for row in rows] == [2, 4, 5]  # every log_every steps and the last one
     for row in rows:  # the lr the row's last step trained with: warm-up 0.1, 0.2, then cosine
-        assert row["lr"] == pytest.approx(cosine_lr(row["step"] - 1, 5, 0.2, 2))
+        assert row["lr"] == pytest.approx(cosine_lr(row["step"] - 1, 5, PEAK_LR, 2))
         assert row["images_per_s"] > 0 and 0 < row["loss"] < 20
-    assert rows[0]["lr"] == pytest.approx(0.2) and rows[-1]["lr"] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+    assert rows[0]["lr"] == pytest.approx(PEAK_LR)
+    assert rows[-1]["lr"] == pytest.approx(PEAK_LR * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
+def test_knn_monitor_scores_the_trained_backbone_with_the_configured_protocol(finished_run):
+    """knn_every=5 of 5 steps: one row, the kNN top-1 (k=7, t=0.2, 60 train / 30 val images) of the final backbone."""
+    from training.data import open_source
+    from training.engine import prepare
+    from training.evaluate import knn_accuracy
+
+    run, config, final = finished_run
+    rows = [row for row in runfiles.read_metrics(run) if "knn_top1" in row]
+    assert [row["step"] for row in rows] == [5]
+    setup = prepare(dict(config))
+    setup.method.load_state_dict(runfiles.load_checkpoint(final)["method"])
+    expected = knn_accuracy(setup.backbone.module, setup.source, open_source("fashion_mnist", "val"), setup.spec,
+                            k=7, t=0.2, train_images=60, test_images=30)
+    assert rows[0]["knn_top1"] == pytest.approx(expected, abs=1e-9)
+    assert expected != knn_accuracy(setup.backbone.module, setup.source, open_source("fashion_mnist", "val"),
+                                    setup.spec, k=7, t=0.2, train_images=60, test_images=20)
+
+
+def test_prepare_reads_the_data_with_the_configured_domain(tmp_path):
+    """An image folder has no domain of its own: config["domain"] names it, and the input statistics follow."""
+    import numpy as np
+    from PIL import Image
+
+    from training.engine import prepare
+    from training.views import input_spec
+
+    for label in ("a", "b"):
+        folder = tmp_path / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    config = resolve({}, dict(CONFIG, data=str(tmp_path), domain="flowers", knn_every=0))
+    setup = prepare(dict(config))
+    assert setup.source.domain.name == "flowers"
+    assert setup.spec.mean == input_spec(setup.source.domain, "auto", 32).mean
+
 
 
 def test_checkpoints_every_n_and_last_keep_the_newest_two(finished_run):
