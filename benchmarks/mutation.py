@@ -30,9 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "mutation"
 
-# module -> the pytest arguments that select its relevant tests. Tests that need the olah mirror or
-# torchrun are left out on purpose: mutmut re-runs the tests in a forked pytest per mutant, and a
-# session-wide mirror or a two-process launch per mutant would not fit a session.
+# module -> the pytest arguments that select its relevant tests. Tests that need the session-wide olah
+# mirror or torchrun are left out on purpose: mutmut re-runs the tests in a forked pytest per mutant, and
+# a session-wide mirror or a two-process launch per mutant would not fit a session (fetch's own tests
+# start a small module-scoped olah instead, about a second per mutant).
 T = "tests/"
 MODULES: dict[str, list[str]] = {
     "zoo/names.py": [T + "test_names_strength.py", T + "test_survivors_zoo.py", T + "test_zoo_names.py",

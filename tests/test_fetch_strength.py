@@ -125,7 +125,6 @@ def test_offline_revision_lookup_and_fix_text(hub_cache, offline):
 # ---- through a real Hub-compatible server: olah on loopback serving a two-commit mirror repo ----------------
 # (a module-scoped server: about a second to start, so a mutation run that forks a pytest per mutant still fits)
 
-import functools  # noqa: E402
 import http.server  # noqa: E402
 import threading  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
