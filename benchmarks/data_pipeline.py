@@ -23,7 +23,6 @@ waiting for a core is not charged). Last line: `data pipeline speedup vs torchvi
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

@@ -4,7 +4,6 @@ One real 4-step MoCo run on Fashion-MNIST (ResNet-18 at 32 px, checkpoints at st
 made once; each test damages its own copy."""
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -14,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from training import runfiles

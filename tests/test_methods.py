@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from training.registry import METHODS
 from training.rotation import rotation_loss, rotations

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import zoo
 from tests.layouts import backbone_state, moco_official, openselfsup_moco
@@ -149,7 +148,7 @@ def test_offline_names_the_import_command_then_import_works(server, upstream_cat
         zoo.load("moco-tofu-r18")
     assert time.perf_counter() - started < 2 and _Files.gets == []
     message = str(raised.value)
-    assert f"zoo import moco-tofu-r18 /path/to/tofu.pth.tar" in message and f"{url}/tofu.pth.tar" in message
+    assert "zoo import moco-tofu-r18 /path/to/tofu.pth.tar" in message and f"{url}/tofu.pth.tar" in message
     downloaded = tmp_path / "Downloads" / "tofu.pth.tar"
     downloaded.parent.mkdir()
     downloaded.write_bytes((root / "tofu.pth.tar").read_bytes())
