@@ -24,7 +24,7 @@ PEAK_LR = 0.1 * 16 / 8  # linear scaling from the reference batch of 8
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("engine") / "run"
+    run = tmp_path_factory.mktemp("engine") / "runs" / "new" / "run"  # parents missing, as for a first `--run-dir runs/x`
     config = resolve({}, dict(CONFIG))
     final = pretrain(dict(config), run)
     return run, config, final
