@@ -154,3 +154,19 @@ def test_channels_last_layout_only_when_asked():
     conv = torch.nn.Conv2d(3, 4, 3)
     assert apply_memory_format(conv, False) is conv and conv.weight.is_contiguous()
     assert apply_memory_format(conv, True).weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_knn_monitor_without_a_labelled_val_split_names_the_data_and_writes_nothing(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "only-train"
+    for label in ("a", "b"):
+        folder = data / "train" / label
+        folder.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"knn_every needs labelled train and val splits of {data}: "):
+        pretrain(resolve({}, dict(CONFIG, data=str(data), domain="flowers", batch_size=4, knn_every=2)), run)
+    assert not run.exists()
