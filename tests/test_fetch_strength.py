@@ -458,9 +458,9 @@ def test_bad_link_is_removed_but_never_what_it_points_to(hub_cache, offline, tmp
     assert not os.path.lexists(snapshot) and target.read_bytes() == b"not the payload"
 
 
-@pytest.fixture
-def hangs_up(hub_cache, monkeypatch):
-    """A loopback server that reads each request and closes the connection without an answer."""
+def _raw_server(monkeypatch, answer: bytes):
+    """A loopback server that reads each whole request, sends `answer` (nothing: a plain hang-up) and
+    closes the connection; huggingface_hub is pointed at it. Yields, then stops listening."""
     import socket
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -478,10 +478,18 @@ def hangs_up(hub_cache, monkeypatch):
                     if not chunk:
                         break
                     request += chunk
+                if answer:
+                    client.sendall(answer)
     threading.Thread(target=serve, daemon=True).start()
     _point_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
     yield
     listener.close()
+
+
+@pytest.fixture
+def hangs_up(hub_cache, monkeypatch):
+    """A loopback server that reads each request and closes the connection without an answer."""
+    yield from _raw_server(monkeypatch, b"")
 
 
 def test_download_maps_a_dropped_connection_to_not_cached(hangs_up):
@@ -538,28 +546,7 @@ def test_wrong_bytes_are_downloaded_exactly_twice_then_refused(hub_cache, monkey
 def garbles(hub_cache, monkeypatch):
     """A loopback server that answers each request with a long line that is not HTTP (its parser's error
     quotes it: an error text far over 200 characters)."""
-    import socket
-
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            with client:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = client.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                client.sendall(b"NOT-HTTP " * 60 + b"\r\n\r\n")
-    threading.Thread(target=serve, daemon=True).start()
-    _point_at(monkeypatch, f"http://127.0.0.1:{listener.getsockname()[1]}")
-    yield
-    listener.close()
+    yield from _raw_server(monkeypatch, b"NOT-HTTP " * 60 + b"\r\n\r\n")
 
 
 def _cut_to_200(text: str) -> bool:
