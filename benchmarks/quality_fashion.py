@@ -121,7 +121,7 @@ def self_supervised(method, args, sets, work) -> dict:
 
     def decide() -> int:
         nonlocal seconds_per_step
-        seconds_per_step = calibrate_ssl(method, args, work, cpu_time=args.machine_factor != 1.0)
+        seconds_per_step = calibrate_ssl(method, args, work, cpu_time=args.cpu_time)
         return budget_steps(seconds_per_step, args)
 
     steps = saved_steps(work, decide)
@@ -231,7 +231,7 @@ def chain(method, args, sets, work) -> dict:
 
 def calibrate_chain_step(method, args, work) -> float:
     """Seconds per step of the chain's supervised-style phases, measured like calibrate_ssl."""
-    return calibrate_ssl("supervised", args, work, cpu_time=args.machine_factor != 1.0)
+    return calibrate_ssl("supervised", args, work, cpu_time=args.cpu_time)
 
 
 def plot(results: dict, path: Path, args) -> None:
@@ -288,6 +288,7 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     budget = machine_factor(args, results, work)
     args.machine_factor = budget["factor"]
+    args.cpu_time = budget["reference"] is not None  # budgets converted from another machine: compare CPU time
     print(f"budget: {args.minutes} min x machine factor {args.machine_factor:.2f} ({budget})", flush=True)
     for name in args.methods.split(","):
         print(f"== {name}", flush=True)
