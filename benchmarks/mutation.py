@@ -9,9 +9,11 @@ benchmarks/results/mutation/<module>.txt for triage (benchmarks/RESULTS.md, "Mut
     nice -n 10 python benchmarks/mutation.py zoo/names.py zoo/bn.py
     python benchmarks/mutation.py --list                          # modules and the tests each one runs
     nice -n 19 python benchmarks/mutation.py training/engine.py --sample 80   # a seeded random sample only
+    nice -n 19 python benchmarks/mutation.py training/engine.py --sample 80 --seed 1 --work /tmp/mut-seed1
 
---sample runs a random sample of a module's mutants (seed 0) whose every mutant runs real training and would
-take hours in full; its report gives the sample's score and a 95% interval for the module's.
+--sample runs a random sample of a module's mutants (--seed, 0 by default) whose every mutant runs real
+training and would take hours in full; its report gives the sample's score and a 95% interval for the module's.
+Another seed draws an independent sample (the report goes to <module>-seed<N>.txt).
 
 A mutant counts as caught when a test fails on it or it times out (an infinite loop is caught too);
 "survived" and "no tests" (no selected test reaches the function) count against the score.
@@ -61,6 +63,7 @@ MODULES: dict[str, list[str]] = {
 # runs these tests on each such mutant itself (MUTANT_UNDER_TEST selects it in every process).
 SPAWNED: dict[str, list[str]] = {
     "training/moco.py": [T + "test_methods_strength.py::test_two_gloo_ranks_shuffle_bn_global_queue_and_global_negatives"],
+    "training/engine.py": [T + "test_engine_multirank.py"],
 }
 
 
@@ -159,7 +162,7 @@ def run_module(module: str, work_root: Path, max_children: int, reuse: bool = Fa
             raise SystemExit(f"{module}: mutmut exited {run.returncode}; see {work / 'mutmut.log'}")
     minutes = (time.perf_counter() - started) / 60
     if sample:
-        return report_sample(work, module, chosen, minutes)
+        return report_sample(work, module, chosen, minutes, seed)
     mutmut(work, "export-cicd-stats")
     stats_file = work / "mutants" / "mutmut-cicd-stats.json"
     if not stats_file.exists():
@@ -190,7 +193,7 @@ def run_module(module: str, work_root: Path, max_children: int, reuse: bool = Fa
             "survived": len(undetected) - len(left_no_tests), "no_tests": len(left_no_tests), "minutes": minutes}
 
 
-def report_sample(work: Path, module: str, chosen: list[str], minutes: float) -> dict:
+def report_sample(work: Path, module: str, chosen: list[str], minutes: float, seed: int = 0) -> dict:
     """The score of a random sample of the module's mutants, with a 95% (Wilson) interval for the whole."""
     import math
 
@@ -207,18 +210,21 @@ def report_sample(work: Path, module: str, chosen: list[str], minutes: float) ->
     z = 1.96
     centre = (score + z * z / (2 * checked)) / (1 + z * z / checked)
     half = z * math.sqrt(score * (1 - score) / checked + z * z / (4 * checked * checked)) / (1 + z * z / checked)
-    report = [f"{module}: a random sample (seed 0) of {len(chosen)} of its {total} mutants; {checked} checked, "
+    report = [f"{module}: a random sample (seed {seed}) of {len(chosen)} of its {total} mutants; {checked} checked, "
               f"{caught} caught ({score:.1%}; 95% interval for the module {centre - half:.1%} to "
               f"{centre + half:.1%}); {len(undetected)} undetected; {minutes:.1f} min",
               f"tests: {' '.join(MODULES[module])} {' '.join(SPAWNED.get(module, []))}",
-              f"killed on the recheck (tests added after the mutmut run): {len(rechecked)}",
+              f"mutmut's own verdict on the sample: {checked - len(undetected) - len(rechecked)} caught; then killed "
+              f"on the recheck (spawned-process tests, and tests added after the mutmut run): {len(rechecked)} "
+              f"({', '.join(name.rsplit('.', 1)[-1] for name in rechecked)})",
               f"not checked (run stopped): {len(unchecked)}", ""]
     for name in undetected:
         diff = [line for line in mutmut(work, "show", name).splitlines()
                 if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
         report += [f"## {name} ({status[name]})", *diff, ""]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / (module.replace("/", "_").removesuffix(".py") + ".txt")).write_text("\n".join(report))
+    suffix = f"-seed{seed}" if seed else ""
+    (OUT / (module.replace("/", "_").removesuffix(".py") + suffix + ".txt")).write_text("\n".join(report))
     return {"module": module, "caught": caught, "total": checked, "score": score, "survived": len(undetected),
             "no_tests": 0, "minutes": minutes}
 
@@ -249,7 +255,8 @@ def recheck_in_process(module: str, names: list[str]) -> list[str]:
 
     sys.path.insert(0, os.getcwd())
     work = Path(os.getcwd())
-    runs = [existing(MODULES[module], work)] + [[test] for test in SPAWNED.get(module, [])]
+    # spawned-process tests first: they alone reach the multi-process code, and cost seconds, not a minute
+    runs = [[test] for test in SPAWNED.get(module, [])] + [existing(MODULES[module], work)]
 
     def fails(mutant: str) -> bool:
         os.environ["MUTANT_UNDER_TEST"] = mutant
@@ -277,6 +284,7 @@ def main(argv=None) -> int:
                         help="keep a finished mutmut run in --work; redo only the recheck of its survivors and the report")
     parser.add_argument("--sample", type=int, help="run only a seeded random sample of this many mutants per "
                                                    "module (a module whose full run would take hours)")
+    parser.add_argument("--seed", type=int, default=0, help="the --sample's seed (another seed, another sample)")
     parser.add_argument("--no-recheck", action="store_true",
                         help="skip the recheck (no tests were added since the mutmut run, none run in spawned processes)")
     parser.add_argument("--recheck-in", help=argparse.SUPPRESS)
@@ -295,7 +303,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for module in args.modules or list(MODULES):
-        row = run_module(module, Path(args.work), args.max_children, args.reuse, args.sample)
+        row = run_module(module, Path(args.work), args.max_children, args.reuse, args.sample, args.seed)
         rows.append(row)
         print(f"| {row['module']} | {row['caught']}/{row['total']} | {row['score']:.1%} | {row['survived']} | "
               f"{row['no_tests']} | {row['minutes']:.0f} |", flush=True)

@@ -170,3 +170,135 @@ def test_knn_monitor_without_a_labelled_val_split_names_the_data_and_writes_noth
     with pytest.raises(ConfigError, match=rf"knn_every needs labelled train and val splits of {data}: "):
         pretrain(resolve({}, dict(CONFIG, data=str(data), domain="flowers", batch_size=4, knn_every=2)), run)
     assert not run.exists()
+
+
+# ---- the methods and options the MoCo run above does not reach (each a real run of a few steps) ----
+TINY = dict(data="fashion_mnist", arch="r18", image_size=32, batch_size=8, steps=2, lr=0.1, lr_reference_batch=8,
+            warmup_steps=0, proj_hidden=32, proj_dim=16, log_every=1, checkpoint_every=1000, progress=False, seed=5)
+
+
+def _final_state(run):
+    return runfiles.load_checkpoint(runfiles.checkpoint_path(run, max(s for s, _ in runfiles.list_checkpoints(run))))
+
+
+def test_replica_digest_covers_shared_state_and_skips_per_rank_bn_statistics():
+    """The digest every replica must agree on: parameters and non-BN buffers count, BN running statistics
+    (per process under DDP) do not; a 63-bit int, so it fits an int64 tensor in the checkpoint."""
+    from training.engine import replica_digest
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    net.register_buffer("queue", torch.randn(4))
+    base = replica_digest(net.state_dict())
+    assert 0 <= base < 1 << 63 and base == replica_digest({k: v.clone() for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        net[1].running_mean.add_(1.0), net[1].running_var.mul_(2.0), net[1].num_batches_tracked.add_(3)
+    assert replica_digest(net.state_dict()) == base
+    for change in (lambda: net[0].weight.add_(1e-3), lambda: net[1].bias.add_(1e-3), lambda: net.queue.add_(1e-3)):
+        with torch.no_grad():
+            change()
+        assert replica_digest(net.state_dict()) != base
+        base = replica_digest(net.state_dict())
+
+
+def test_simclr_run_trains_one_encoder_from_the_engine(tmp_path):
+    """method=simclr through the engine: its network (backbone + head_layers-deep head) trains and is saved."""
+    run = tmp_path / "simclr"
+    config = resolve({}, dict(TINY, method="simclr", optimizer="sgd", head_layers=2, temperature=0.5))
+    torch.manual_seed(config["seed"])
+    from training.models import build_backbone
+
+    initial = build_backbone("r18", 1).module.state_dict()
+    pretrain(dict(config), run)
+    weights = _final_state(run)["method"]
+    backbone = {k.removeprefix("encoder.backbone."): v for k, v in weights.items() if k.startswith("encoder.backbone.")}
+    assert backbone.keys() == initial.keys()
+    assert not torch.equal(backbone["conv1.weight"], initial["conv1.weight"])  # trained from the seeded init
+    linears = {k for k in weights if k.startswith("encoder.head.") and k.endswith(".weight") and weights[k].dim() == 2}
+    assert len(linears) == 2 and weights[sorted(linears)[-1]].shape == (16, 32)  # head_layers=2, proj 32 -> 16
+    assert [row["step"] for row in runfiles.read_metrics(run) if "loss" in row] == [1, 2]
+
+
+def test_steps_schedule_drops_the_lr_tenfold_at_one_and_two_thirds(tmp_path):
+    """schedule="steps" (the study's fine-tuning schedule) on a one-view method (supervised): x0.1 at 2 and 4 of 6."""
+    run = tmp_path / "supervised"
+    pretrain(resolve({}, dict(TINY, method="supervised", steps=6, schedule="steps")), run)
+    rows = [row for row in runfiles.read_metrics(run) if "loss" in row]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert [row["lr"] for row in rows] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_pic_run_records_every_steps_lr_for_its_class_weights(tmp_path):
+    """The engine calls begin_step(step, lr) before each step of a method that has one: PIC's lazily
+    updated class weights keep the lr of every step (x pic_weight_lr_scale), and its window position."""
+    run = tmp_path / "pic"
+    config = resolve({}, dict(TINY, method="pic", steps=3, warmup_steps=1, pic_negatives=16, pic_weight_lr_scale=2.0))
+    pretrain(dict(config), run)
+    state = _final_state(run)["method"]
+    recorded = next(v for k, v in state.items() if k.startswith("classes") and k.endswith("_extra_state"))
+    expected = [2.0 * cosine_lr(step, 3, 0.1, 1) for step in range(3)]
+    assert recorded.tolist() == pytest.approx(expected)
+
+
+def test_on_device_augmentation_run_resumes_bit_identically(tmp_path):
+    """augment_device=True (the CUDA default, runs on the CPU too): the loader only decodes, the views are
+    drawn batched from a generator seeded by (seed, step, rank), so 1 step + resume 1 step == 2 steps."""
+    config = resolve({}, dict(CONFIG, batch_size=8, steps=2, warmup_steps=1, queue_size=32, proj_hidden=32, knn_every=0,
+                              checkpoint_every=1, augment_device=True))
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    pretrain(dict(config), whole)
+    pretrain(dict(config, steps=1), halves)
+    pretrain(dict(config), halves)
+    a, b = _final_state(whole), _final_state(halves)
+    assert a["step"] == b["step"] == 2 and int(a["method"]["queue_ptr"]) == 2 * 8  # two views' keys each step
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    cpu = tmp_path / "cpu"
+    pretrain(dict(config, augment_device=False), cpu)  # the other pipeline: other views, other weights
+    assert not torch.equal(_final_state(cpu)["method"]["query.backbone.conv1.weight"],
+                           a["method"]["query.backbone.conv1.weight"])
+
+
+def test_one_view_method_trains_on_the_steps_first_view_of_a_prepared_set(tmp_path, monkeypatch):
+    """A one-view method (rotation) gets views=1 from the loader: on a prepared set too large to hold decoded
+    (JPEG bytes, EncodedViews) the crop boxes of every requested view are drawn before decoding, so asking for
+    two views would change the first. The first step's logged loss is the method's loss on step 0's batch as
+    training.batches defines it, from the same seeded initial weights."""
+    import warnings
+
+    from tests import domain_layouts
+    from training import data
+    from training.batches import StepBatches
+    from training.encoded_views import EncodedViews, cpu_views
+    from training.engine import prepare
+    from training.prepare import prepare as prepare_data
+
+    monkeypatch.setattr(data, "CACHE_PIXELS", 0)  # as for a set larger than the in-memory threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_data("domain_net_real", domain_layouts.build("domain_net_real", tmp_path / "download"),
+                                tmp_path / "prepared")
+    config = resolve({}, dict(TINY, data=str(prepared), method="rotation", batch_size=4, steps=1))
+    run = tmp_path / "rotation"
+    pretrain(dict(config), run)
+    logged = [row["loss"] for row in runfiles.read_metrics(run) if "loss" in row]
+    setup = prepare(dict(config))  # the run's own starting point: same seed, same weights
+    transform = cpu_views(setup.source, setup.spec, config["augment"])
+    assert isinstance(transform, EncodedViews)
+    first_batch = StepBatches(setup.source, transform, 4, config["seed"], views=1)[0][0]
+    setup.method.train()
+    with torch.no_grad():
+        expected = float(setup.method(first_batch))
+    assert logged == [pytest.approx(expected, rel=1e-5)]
+
+
+def test_compile_wraps_a_one_branch_methods_own_network(tmp_path, monkeypatch):
+    """compile=True on a method without a key encoder (rotation) compiles the network it trains, not a MoCo
+    query encoder it does not have. TORCHDYNAMO_DISABLE=1 (torch's own switch) makes torch.compile hand the
+    network back as it is: the engine's wiring is under test, not inductor (minutes per graph on this CPU).
+    The run then equals the uncompiled one bit for bit."""
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+    config = resolve({}, dict(TINY, method="rotation"))
+    pretrain(dict(config, compile=True), tmp_path / "compiled")
+    pretrain(dict(config), tmp_path / "plain")
+    compiled, plain = _final_state(tmp_path / "compiled")["method"], _final_state(tmp_path / "plain")["method"]
+    assert compiled.keys() == plain.keys() and all(torch.equal(compiled[k], plain[k]) for k in plain)
