@@ -302,3 +302,15 @@ def test_compile_wraps_a_one_branch_methods_own_network(tmp_path, monkeypatch):
     pretrain(dict(config), tmp_path / "plain")
     compiled, plain = _final_state(tmp_path / "compiled")["method"], _final_state(tmp_path / "plain")["method"]
     assert compiled.keys() == plain.keys() and all(torch.equal(compiled[k], plain[k]) for k in plain)
+
+
+def test_a_resumed_runs_progress_bar_starts_at_the_resumed_step(finished_run, tmp_path, capsys):
+    import shutil
+
+    run, config, _ = finished_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(run, copy)  # the fixture's run stays as the other tests read it
+    pretrain(dict(config, steps=6, progress=True), copy)
+    bar = capsys.readouterr().err
+    assert "moco fashion_mnist" in bar and " 5/6 " in bar and " 0/6 " not in bar
+    assert [step for step, _ in runfiles.list_checkpoints(copy)] == [5, 6]
