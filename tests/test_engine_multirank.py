@@ -3,7 +3,7 @@ the CLI costs about a minute; this costs seconds): any rank's stop flag stops ev
 rank cannot see is refused with each rank's view, replicas whose weights differ are refused (their BN
 statistics may differ), a resume on a process count that does not split the global batch is refused, and a
 real two-rank run (on-device augmentation, each rank its half of the batch) checkpoints the digest both
-replicas agreed on."""
+replicas agreed on, which then resumes on one process."""
 from __future__ import annotations
 
 import datetime
@@ -97,3 +97,8 @@ def test_two_gloo_ranks_agree_on_flags_resume_step_weights_and_batch_split(tmp_p
     # each rank augmented its own half of the global batch on the device: 2 steps x 8 keys entered the queue
     assert int(state["method"]["queue_ptr"]) == 2 * 8 % 32
     assert [row["step"] for row in runfiles.read_metrics(run) if "loss" in row] == [1, 2]
+    # the same global batch resumes on one process, and the log says the process count changed
+    pretrain(dict(config, steps=3), run)
+    assert [row for row in runfiles.read_metrics(run) if "event" in row] == [
+        {"step": 2, "event": "resumed", "world_size": 1, "world_size_before": 2}]
+    assert runfiles.load_checkpoint(runfiles.checkpoint_path(run, 3))["world_size"] == 1

@@ -90,6 +90,8 @@ def test_checkpoints_every_n_and_last_keep_the_newest_two(finished_run):
     assert state["spec"]["image_size"] == 32 and state["spec"]["channels"] == 1
     assert set(state["rng"]) >= {"torch", "python", "numpy"}
     assert len(state["optimizer"]["state"]) > 0  # momentum buffers were saved
+    groups = state["optimizer"]["param_groups"]  # SGD built with the recipe's momentum and weight decay
+    assert [(g["momentum"], g["weight_decay"]) for g in groups] == [(0.9, config["weight_decay"])]
     assert int(state["method"]["queue_ptr"]) == 5 * 16 % 40
     assert runfiles.read_config(run) == config
 
@@ -204,7 +206,8 @@ def test_replica_digest_covers_shared_state_and_skips_per_rank_bn_statistics():
 def test_simclr_run_trains_one_encoder_from_the_engine(tmp_path):
     """method=simclr through the engine: its network (backbone + head_layers-deep head) trains and is saved."""
     run = tmp_path / "simclr"
-    config = resolve({}, dict(TINY, method="simclr", optimizer="sgd", head_layers=2, temperature=0.5))
+    config = resolve({}, dict(TINY, method="simclr", optimizer="sgd", head_layers=2, temperature=0.5,
+                              exclude_bn_bias=True, weight_decay=1e-3))
     torch.manual_seed(config["seed"])
     from training.models import build_backbone
 
@@ -217,15 +220,47 @@ def test_simclr_run_trains_one_encoder_from_the_engine(tmp_path):
     linears = {k for k in weights if k.startswith("encoder.head.") and k.endswith(".weight") and weights[k].dim() == 2}
     assert len(linears) == 2 and weights[sorted(linears)[-1]].shape == (16, 32)  # head_layers=2, proj 32 -> 16
     assert [row["step"] for row in runfiles.read_metrics(run) if "loss" in row] == [1, 2]
+    # exclude_bn_bias: every bias and BN weight (the 1-d parameters) in a group without weight decay
+    groups = _final_state(run)["optimizer"]["param_groups"]
+    one_d = [k for k, v in weights.items() if v.dim() == 1 and not k.endswith(("running_mean", "running_var"))]
+    assert [(g["weight_decay"], len(g["params"])) for g in groups] == [(1e-3, len(weights) - len(one_d) - sum(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in weights)), (0.0, len(one_d))]
 
 
 def test_steps_schedule_drops_the_lr_tenfold_at_one_and_two_thirds(tmp_path):
     """schedule="steps" (the study's fine-tuning schedule) on a one-view method (supervised): x0.1 at 2 and 4 of 6."""
     run = tmp_path / "supervised"
-    pretrain(resolve({}, dict(TINY, method="supervised", steps=6, schedule="steps")), run)
+    pretrain(resolve({}, dict(TINY, method="supervised", steps=6, schedule="steps", head_lr_scale=10.0)), run)
     rows = [row for row in runfiles.read_metrics(run) if "loss" in row]
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert [row["lr"] for row in rows] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    # the method's own parameter groups: the classifier head at head_lr_scale x the backbone's lr
+    groups = _final_state(run)["optimizer"]["param_groups"]
+    assert sorted({round(g["lr"], 9) for g in groups}) == [0.001, 0.01]
+    assert all(g["lr"] == pytest.approx(0.001 * g.get("lr_scale", 1.0)) for g in groups)
+
+
+def test_clip_grad_bounds_the_first_update_and_hpt_bn_trains_only_batchnorm(tmp_path):
+    """clip_grad: without weight decay or momentum history, step 0 moves the parameters by exactly lr x the
+    clipped norm. trainable="bn" (HPT-BN): only BatchNorm affine parameters move."""
+    from training.engine import prepare
+
+    def moved(config, run):
+        pretrain(dict(config), run)
+        before = prepare(dict(config)).method.trainable_module()  # the run's seeded starting weights
+        after = _final_state(run)["method"]
+        bn = {f"{layer}.{name}" for layer, module in before.named_modules()
+              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for name, _ in module.named_parameters()}
+        return {name: after[f"encoder.{name}"] - p.detach() for name, p in before.named_parameters()}, bn
+
+    config = resolve({}, dict(TINY, method="rotation", steps=1, weight_decay=0.0, clip_grad=1e-3))
+    step, _ = moved(config, tmp_path / "clipped")
+    assert torch.sqrt(sum((d.double() ** 2).sum() for d in step.values())) == pytest.approx(0.1 * 1e-3, rel=1e-4)
+    frozen, bn = moved(resolve({}, dict(TINY, method="rotation", steps=1, trainable="bn")), tmp_path / "bn")
+    backbone = {name: d for name, d in frozen.items() if name.startswith("backbone.")}
+    assert len(bn) == 40 and sum(bool(backbone[name].abs().max() > 0) for name in bn) > 20
+    assert all(torch.equal(d, torch.zeros_like(d)) for name, d in backbone.items() if name not in bn)
+    assert all(d.abs().max() > 0 for name, d in frozen.items() if name.startswith("head."))  # heads always train
 
 
 def test_pic_run_records_every_steps_lr_for_its_class_weights(tmp_path):
