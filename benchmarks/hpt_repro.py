@@ -385,17 +385,23 @@ def ensure_base_offline() -> None:
     """Put the supervised base in a private HF cache the real way (published to a mirror, served by olah,
     downloaded by name), then work offline. Must run before anything imports huggingface_hub."""
     import subprocess
+    import tempfile
 
     home = HERE / "_work" / "hpt" / "hf-home"
     os.environ.update(HF_HOME=str(home), ZOO_HOME=str(home / "zoo"), HF_HUB_DISABLE_XET="1")
-    if not (home / "hub" / "models--hpt-zoo--sup-imagenet-mnv2").exists():
+    # the catalog pins a revision: a cache filled for an older pin does not hold it (the default model was
+    # republished once), so ask the loader offline first and go through the mirror only when it misses
+    cached = subprocess.run([sys.executable, "-m", "zoo", "download", SUP_BASE], capture_output=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode == 0
+    if not cached:
         from zoo.defaults import prepare_mirror
         from zoo.mirror import serve
 
-        prepare_mirror(HERE / "_work" / "hpt" / "mirror")
-        with serve(HERE / "_work" / "hpt" / "mirror") as endpoint:
-            subprocess.run([sys.executable, "-m", "zoo", "download", SUP_BASE], check=True,
-                           env={**os.environ, "HF_ENDPOINT": endpoint})
+        with tempfile.TemporaryDirectory() as mirror:  # only needed for this one download
+            prepare_mirror(mirror)
+            with serve(mirror) as endpoint:
+                subprocess.run([sys.executable, "-m", "zoo", "download", SUP_BASE], check=True,
+                               env={**os.environ, "HF_ENDPOINT": endpoint})
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 

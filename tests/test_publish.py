@@ -107,6 +107,23 @@ def test_publish_twice_keeps_history_and_every_pin_loads(olah, mirror_root, hub_
     assert [h["revision"] for h in history] == [first]  # the old pin's own hashes verify revision=first
 
 
+def test_prepare_mirror_refuses_a_mirror_holding_an_older_publication_and_leaves_it_alone(default_folder, tmp_path):
+    """A workdir kept from an older release (zoo-demo's .zoo-demo/mirror) holds another first commit: publishing on
+    top of it cannot give the catalog's pin, so say which folder to move, before writing anything."""
+    from zoo.defaults import REPO_ID, prepare_mirror
+    from zoo.mirror import head_commit
+    from zoo.publish import publish_to_mirror
+
+    old = publish_to_mirror(_retrained(default_folder, tmp_path / "old"), tmp_path / "mirror", REPO_ID)
+    with pytest.raises(ZooError, match="older publication.*move that folder away") as error:
+        prepare_mirror(tmp_path / "mirror")
+    assert old[:12] in str(error.value)
+    assert head_commit(tmp_path / "mirror", REPO_ID) == old  # nothing committed on top
+    assert prepare_mirror(tmp_path / "fresh") == head_commit(tmp_path / "fresh", REPO_ID) == zoo.info(
+        "sup-imagenet-mnv2")["revision"]
+    assert prepare_mirror(tmp_path / "fresh") == head_commit(tmp_path / "fresh", REPO_ID)  # rerun: same pin
+
+
 def test_publish_validates_the_folder_before_writing(default_folder, tmp_path, cli):
     mirror, catalog = tmp_path / "mirror", tmp_path / "catalog.json"
     cases = {}

@@ -80,13 +80,20 @@ def build_checkpoint(output: str | os.PathLike) -> Path:
 def prepare_mirror(mirror_root: str | os.PathLike) -> str:
     """Rebuild the published repo from the real source file; return its commit (must match the catalog)."""
     from .catalog import PACKAGED, _read_catalog
+    from .mirror import head_commit, repo_path
     from .publish import publish_to_mirror
 
+    pinned = _read_catalog(PACKAGED)["models"][NAME]["revision"]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = build_checkpoint(Path(scratch) / NAME)
-        commit = publish_to_mirror(checkpoint, mirror_root, REPO_ID)
-    pinned = _read_catalog(PACKAGED)["models"][NAME]["revision"]
-    if commit != pinned:
-        raise ZooError(f"rebuilt {REPO_ID} at commit {commit}, but the packaged catalog pins {pinned}: the conversion or "
-                       f"card generation changed; republish with `python -m training.demo --republish`")
-    return commit
+        # the pin is the first commit of a new repo: check that in scratch before touching mirror_root
+        fresh = publish_to_mirror(checkpoint, Path(scratch) / "mirror", REPO_ID)
+        if fresh != pinned:
+            raise ZooError(f"rebuilt {REPO_ID} at commit {fresh}, but the packaged catalog pins {pinned}: the "
+                           f"conversion or card generation changed; republish with `python -m training.demo --republish`")
+        existing = head_commit(mirror_root, REPO_ID)
+        if existing not in (None, pinned):  # published by an older release: the files would land on top of it
+            raise ZooError(f"{repo_path(mirror_root, REPO_ID)} holds an older publication of {REPO_ID} (commit "
+                           f"{existing[:12]}), not the catalog's {pinned[:12]}; move that folder away or use an "
+                           f"empty mirror folder")
+        return publish_to_mirror(checkpoint, mirror_root, REPO_ID)

@@ -86,6 +86,17 @@ def repo_path(mirror_root: str | os.PathLike, repo_id: str, repo_type: str = "mo
     return target
 
 
+def head_commit(mirror_root: str | os.PathLike, repo_id: str, repo_type: str = "model") -> str | None:
+    """The repo's current main commit in the mirror, or None when the mirror does not hold the repo."""
+    target = repo_path(Path(mirror_root).resolve(), repo_id, repo_type)
+    if not (target / ".git").is_dir():
+        return None
+    try:
+        return _git(target, "rev-parse", "--verify", "-q", "refs/heads/main")
+    except ZooError:
+        return None
+
+
 def _mirror_lock(root: Path):
     from filelock import FileLock
 
