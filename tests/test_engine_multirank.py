@@ -3,7 +3,7 @@ the CLI costs about a minute; this costs seconds): any rank's stop flag stops ev
 rank cannot see is refused with each rank's view, replicas whose weights differ are refused (their BN
 statistics may differ), a resume on a process count that does not split the global batch is refused, and a
 real two-rank run (on-device augmentation, each rank its half of the batch) checkpoints the digest both
-replicas agreed on, which then resumes on one process."""
+replicas agreed on, which then resumes on one process (and not on two that see different checkpoints)."""
 from __future__ import annotations
 
 import datetime
@@ -59,6 +59,10 @@ def _rank(rank: int, init_file: str, out: str, odd_run: str, odd_config: dict, c
         except ConfigError as error:
             seen["split"] = str(error)
         seen["final"] = str(pretrain(dict(config), Path(out) / "run"))
+        try:  # rank 1 looks at a node-local directory without rank 0's checkpoint: refused before any write
+            pretrain(dict(config, steps=3), Path(out) / ("run" if rank == 0 else "node-local-run"))
+        except ConfigError as error:
+            seen["disagree"] = str(error)
     finally:
         Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
         dist.destroy_process_group()
@@ -89,6 +93,9 @@ def test_two_gloo_ranks_agree_on_flags_resume_step_weights_and_batch_split(tmp_p
         assert seen["split"] == (f"{odd_checkpoint} trained with a global batch of 5 on 1 processes; 2 processes "
                                  f"cannot split it evenly. Resume on a process count that divides 5")
     run = tmp_path / "run"
+    for rank, folder in enumerate([run, tmp_path / "node-local-run"]):
+        assert ranks[rank]["disagree"].startswith(f"the processes see different checkpoints in {folder} (rank 0: "
+                                                  f"step 2, rank 1: no checkpoint). The run directory must be")
     assert ranks[0]["final"] == ranks[1]["final"] == str(runfiles.checkpoint_path(run, 2))
     state = runfiles.load_checkpoint(runfiles.checkpoint_path(run, 2))
     assert state["world_size"] == 2

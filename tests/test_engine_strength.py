@@ -18,7 +18,7 @@ from training.optim import cosine_lr
 CONFIG = dict(method="moco", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, steps=5, lr=0.1,
               lr_scaling="linear", lr_reference_batch=8, warmup_steps=2, queue_size=40, proj_hidden=32,
               ema_momentum=0.9, log_every=2, checkpoint_every=2, keep_checkpoints=2, progress=False, seed=3,
-              knn_every=5, knn_k=7, knn_t=0.2, knn_train_images=60, knn_test_images=30)
+              knn_every=3, knn_k=7, knn_t=0.2, knn_train_images=60, knn_test_images=30)
 PEAK_LR = 0.1 * 16 / 8  # linear scaling from the reference batch of 8
 
 
@@ -42,19 +42,20 @@ def test_metrics_rows_are_windows_with_the_lr_of_their_last_step(finished_run):
 
 
 def test_knn_monitor_scores_the_trained_backbone_with_the_configured_protocol(finished_run):
-    """knn_every=5 of 5 steps: one row, the kNN top-1 (k=7, t=0.2, 60 train / 30 val images) of the final backbone."""
+    """knn_every=3 of 5 steps: rows at 3 and at the last step, the kNN top-1 (k=7, t=0.2, 60 train / 30 val
+    images) of the backbone at that step."""
     from training.data import open_source
     from training.engine import prepare
     from training.evaluate import knn_accuracy
 
     run, config, final = finished_run
     rows = [row for row in runfiles.read_metrics(run) if "knn_top1" in row]
-    assert [row["step"] for row in rows] == [5]
+    assert [row["step"] for row in rows] == [3, 5]
     setup = prepare(dict(config))
     setup.method.load_state_dict(runfiles.load_checkpoint(final)["method"])
     expected = knn_accuracy(setup.backbone.module, setup.source, open_source("fashion_mnist", "val"), setup.spec,
                             k=7, t=0.2, train_images=60, test_images=30)
-    assert rows[0]["knn_top1"] == pytest.approx(expected, abs=1e-9)
+    assert rows[-1]["knn_top1"] == pytest.approx(expected, abs=1e-9)
     assert expected != knn_accuracy(setup.backbone.module, setup.source, open_source("fashion_mnist", "val"),
                                     setup.spec, k=7, t=0.2, train_images=60, test_images=20)
 
@@ -349,3 +350,61 @@ def test_a_resumed_runs_progress_bar_starts_at_the_resumed_step(finished_run, tm
     bar = capsys.readouterr().err
     assert "moco fashion_mnist" in bar and " 5/6 " in bar and " 0/6 " not in bar
     assert [step for step, _ in runfiles.list_checkpoints(copy)] == [5, 6]
+
+
+def test_sigterm_mid_run_checkpoints_the_finished_step_and_raises_preempted(tmp_path):
+    """In one process (the CLI test sends it to a torchrun-less subprocess): SIGTERM after the first logged
+    step stops the run at the end of the step in progress, with a checkpoint of that step and a log row."""
+    import os
+    import threading
+    import time
+
+    from training.engine import Preempted
+
+    run = tmp_path / "run"
+    config = resolve({}, dict(TINY, method="rotation", steps=40))
+
+    def terminate_after_the_first_row():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / runfiles.METRICS_FILE).exists() and any("loss" in r for r in runfiles.read_metrics(run)):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.02)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a late signal must not end pytest
+    try:
+        sender = threading.Thread(target=terminate_after_the_first_row, daemon=True)
+        sender.start()
+        with pytest.raises(Preempted) as stopped:
+            pretrain(dict(config), run)
+        sender.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    step, path = stopped.value.step, stopped.value.path
+    assert 1 <= step < 40 and path == runfiles.checkpoint_path(run, step)
+    assert [s for s, _ in runfiles.list_checkpoints(run)] == [step]  # checkpoint_every=1000: only the stop's
+    assert runfiles.load_checkpoint(path)["step"] == step
+    assert runfiles.read_metrics(run)[-1] == {"step": step, "event": "sigterm", "checkpoint": str(path)}
+    assert str(stopped.value) == f"stopped by SIGTERM after step {step}; checkpoint {path}; rerun the same command to resume"
+
+
+def test_a_run_from_an_exported_backbone_starts_from_its_weights(finished_run, tmp_path):
+    """init=<exported folder> (HPT): the arch comes from the base, the query encoder's backbone starts as the
+    base's weights and the key encoder as a copy of the query encoder; naming another arch is refused."""
+    from training.engine import prepare
+    from training.export import export
+
+    run, config, _ = finished_run
+    folder = export(run, tmp_path / "exported")
+    base = resolve({}, dict(CONFIG, arch=None, init=str(folder), knn_every=0))
+    setup = prepare(base)
+    assert base["arch"] == "r18" and setup.backbone.init["sha256"]
+    exported = runfiles.load_checkpoint(runfiles.checkpoint_path(run, 5))["method"]
+    query, key = setup.method.query.state_dict(), setup.method.key.state_dict()
+    backbone = {k: v for k, v in query.items() if k.startswith("backbone.")}
+    assert backbone and all(torch.equal(v, exported[f"query.{k}"]) for k, v in backbone.items()
+                            if not k.endswith("num_batches_tracked"))
+    assert all(torch.equal(query[k], key[k]) for k in query)  # the key encoder: a copy, heads included
+    with pytest.raises(ConfigError, match="arch 'r50' was asked for, but the base"):
+        prepare(resolve({}, dict(CONFIG, arch="r50", init=str(folder), knn_every=0)))
