@@ -207,11 +207,11 @@ def test_replica_digest_covers_shared_state_and_skips_per_rank_bn_statistics():
 def test_simclr_run_trains_one_encoder_from_the_engine(tmp_path):
     """method=simclr through the engine: its network (backbone + head_layers-deep head) trains and is saved."""
     run = tmp_path / "simclr"
+    from training.models import build_backbone
+
     config = resolve({}, dict(TINY, method="simclr", optimizer="sgd", head_layers=2, temperature=0.5,
                               exclude_bn_bias=True, weight_decay=1e-3))
     torch.manual_seed(config["seed"])
-    from training.models import build_backbone
-
     initial = build_backbone("r18", 1).module.state_dict()
     pretrain(dict(config), run)
     weights = _final_state(run)["method"]
@@ -266,7 +266,7 @@ def test_clip_grad_bounds_the_first_update_and_hpt_bn_trains_only_batchnorm(tmp_
 
 def test_pic_run_records_every_steps_lr_for_its_class_weights(tmp_path):
     """The engine calls begin_step(step, lr) before each step of a method that has one: PIC's lazily
-    updated class weights keep the lr of every step (x pic_weight_lr_scale), and its window position."""
+    updated class weights keep the lr of every step (x pic_weight_lr_scale)."""
     run = tmp_path / "pic"
     config = resolve({}, dict(TINY, method="pic", steps=3, warmup_steps=1, pic_negatives=16, pic_weight_lr_scale=2.0))
     pretrain(dict(config), run)
@@ -286,7 +286,7 @@ def test_on_device_augmentation_run_resumes_bit_identically(tmp_path):
     pretrain(dict(config, steps=1), halves)
     pretrain(dict(config), halves)
     a, b = _final_state(whole), _final_state(halves)
-    assert a["step"] == b["step"] == 2 and int(a["method"]["queue_ptr"]) == 2 * 8  # two views' keys each step
+    assert a["step"] == b["step"] == 2 and int(a["method"]["queue_ptr"]) == 2 * 8  # a batch of keys a step
     assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
     cpu = tmp_path / "cpu"
     pretrain(dict(config, augment_device=False), cpu)  # the other pipeline: other views, other weights
