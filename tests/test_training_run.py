@@ -53,6 +53,26 @@ def test_simclr_short_run_loss_falls_and_knn_beats_random_weights(tmp_path):
     assert trained_knn > random_knn + 0.1, (trained_knn, random_knn)
 
 
+def test_resuming_with_another_knn_monitor_is_allowed_and_bit_identical(tmp_path):
+    """The kNN monitor's settings are resumable (config.RESUMABLE_CHANGES) because it changes nothing: a run
+    that stops at step 4 and resumes with the monitor switched on and resized ends equal to one run straight
+    through without it."""
+    straight = pretrain(dict(small(steps=8)), tmp_path / "straight")
+    run = tmp_path / "resumed"
+    pretrain(dict(small(steps=8, checkpoint_every=4)), run)  # writes steps 4 and 8; keep 4 as the resume point
+    runfiles.checkpoint_path(run, 8).unlink()
+    runfiles.checksum_path(runfiles.checkpoint_path(run, 8)).unlink()
+    monitored = small(steps=8, checkpoint_every=4, knn_every=2, knn_k=5, knn_t=0.5, knn_train_images=200,
+                      knn_test_images=100)
+    pretrain(dict(monitored), run)
+    a, b = runfiles.load_checkpoint(straight), _final_state(run)
+    assert b["step"] == 8
+    assert [k for k in a["method"] if not torch.equal(a["method"][k], b["method"][k])] == []
+    assert [row["step"] for row in runfiles.read_metrics(run) if "knn_top1" in row] == [6, 8]
+    with pytest.raises(ConfigError, match="changed: temperature"):  # a key that does change the result still refuses
+        pretrain(dict(small(steps=8, checkpoint_every=4, temperature=0.3)), run)
+
+
 def _cli(args, **kwargs):
     return subprocess.Popen([PYTHON, "-m", "training", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)

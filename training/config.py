@@ -52,9 +52,10 @@ METHODS = registry.METHODS
 CHOICES = {"method": METHODS, "optimizer": ("sgd", "lars"), "lr_scaling": ("linear", "sqrt", "none"),
            "trainable": ("all", "bn"), "device": ("auto", "cpu", "cuda"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False), "augment_device": ("auto", True, False), "channels": ("auto", 1, 3)}
-# keys that may differ when resuming a run (they do not change the result)
+# keys that may differ when resuming a run (they do not change the result: the kNN monitor embeds a fixed
+# subset in eval mode, drawing no torch random numbers and leaving BN statistics alone)
 RESUMABLE_CHANGES = {"num_workers", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "knn_every",
-                     "device"}
+                     "knn_k", "knn_t", "knn_train_images", "knn_test_images", "device"}
 
 
 def scale_of(arch: str) -> str:
