@@ -5,12 +5,14 @@ Series (the study ran both kinds of base):
 - ``ssl``: a self-supervised base trained here: MoCo v2 from scratch on Fashion-MNIST (50k images,
   the largest offline set, so it plays ImageNet's part), long enough for its kNN curve to flatten;
   targets are the two other offline sets, the animal silhouettes (6.8k train) and scikit-learn's
-  digits (1.3k train: HPT's small-target case). Chain: Fashion -> animals -> digits.
+  digits (1.3k train: HPT's small-target case). Chain: Fashion -> animals -> digits. Network:
+  ResNet-18 with the 3x3 stem, one gray channel, 28 px, the CIFAR-scale MoCo recipe at batch 128
+  (MoCo from scratch on MobileNetV2 collapses at this scale: NETWORKS below, benchmarks/RESULTS.md).
 - ``sup``: torchvision's supervised ImageNet MobileNetV2 through the zoo (`sup-imagenet-mnv2`);
-  targets Fashion-MNIST and animals, chain ImageNet -> animals -> Fashion (round 1's setting).
+  targets Fashion-MNIST and animals, chain ImageNet -> animals -> Fashion (round 1's setting): gray
+  images upsampled to 64 px (a 2x2 final feature map) and replicated to RGB, batch 32.
 
-All images are gray, upsampled to 64 px and replicated to RGB (64 px keeps a 2x2 final feature map
-in MobileNetV2). Each checkpoint is evaluated with the preprocessing it was trained with (its own
+Each checkpoint is evaluated with the preprocessing it was trained with (its own
 mean/std; round 1 used the ImageNet base's for every strategy, which put Target below random:
 benchmarks/target_ablation.py). Strategies per target: random init (as built: BN running statistics
 at their identity init), random init with BN statistics estimated on the target (Random-BN: the
@@ -48,38 +50,61 @@ SERIES = {
     "ssl": {"targets": ("animals", "digits"), "chain": {"digits": "animals"}, "source": "fashion_mnist"},
     "sup": {"targets": ("fashion_mnist", "animals"), "chain": {"fashion_mnist": "animals"}},
 }
+
+# MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256 scaled
+# linearly, a 4096-key queue and key momentum 0.99, split-BN in 8 groups against BN leakage on one device.
+MOCO = {"lr": 0.03, "lr_reference_batch": 256, "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2,
+        "proj_hidden": 2048, "bn_splits": 8, "augment": "moco"}
+# The CIFAR-scale MoCo v2 recipe (training.config METHOD_DEFAULTS ("moco", "small"): T 0.1, MLP 512, wd 5e-4,
+# no blur, lr 0.06 at batch 512), the one quality_fashion.py trains with; spelled out so the series does not
+# move if the defaults do.
+SMALL_MOCO = {"lr": 0.06, "lr_reference_batch": 512, "weight_decay": 5e-4, "queue_size": 4096, "ema_momentum": 0.99,
+              "temperature": 0.1, "proj_hidden": 512, "bn_splits": 8, "augment": "moco_small"}
+
+# The network, input and MoCo recipe of each series (every strategy of a series uses them). Round 2 measured
+# that MoCo from scratch on MobileNetV2 collapses under every recipe tried at this scale (benchmarks/RESULTS.md,
+# "Why Target fell below random init"): its queries all end up pointing one way and only the queue's age
+# separates keys. The self-supervised series therefore runs on the one setting measured to learn from scratch
+# here, quality_fashion's ResNet-18 (CIFAR stem, 1 gray channel, 28 px, batch 128), whose base is that run's
+# MoCo recipe and budget (1132 steps). The supervised series keeps MobileNetV2 (the only supervised ImageNet
+# network available offline) and round 1's recipe, so its Target shows the collapse and its HPT what
+# continuing from a network that does tell images apart gives.
+NETWORKS = {
+    "ssl": {"arch": "r18c", "channels": 1, "resolution": 28, "crop_pct": None, "batch_size": 128,
+            "moco": SMALL_MOCO, "base_steps": 1132,
+            "target_ladder": (100, 300, 1000), "hpt_ladder": (50, 150, 500), "hptbn_steps": 150, "chain_steps": 150},
+    "sup": {"arch": "mnv2", "channels": 3, "resolution": 64, "crop_pct": 1.0, "batch_size": 32, "moco": MOCO,
+            "target_ladder": (100, 300, 1000, 3000), "hpt_ladder": (50, 150, 500, 1500, 5000), "hptbn_steps": 500,
+            "chain_steps": 500},
+}
 ORDER = ("random", "random_bn", "base", "base_bn", "target", "hpt", "hptbn", "chain")
 
 FULL = {
-    "resolution": 64, "batch_size": 32, "seeds": (0, 1, 2),
-    # the self-supervised base: MoCo v2 on Fashion-MNIST from scratch, kNN monitored every 500 steps
-    "ssl_base_steps": 6000, "knn_every": 500,
-    "target_ladder": (100, 300, 1000, 3000), "hpt_ladder": (50, 150, 500, 1500, 5000),
-    "hptbn_steps": 500, "chain_steps": 500,
+    "seeds": (0, 1, 2), "network": {},
+    "knn_every": 250,  # the self-supervised base's kNN monitor (val split)
     "linear": {"train_images": 3000, "eval_images": 1000, "iterations": 1000, "lrs": (0.3, 3.0, 30.0)},
     # the study's fine-tune lr 0.01 (head x100) is for batch 512: scaled linearly to batch 32 (at 0.01 the
     # head's lr of 1.0 diverged in round 1)
     "semi": {"labels": 1000, "iterations": 150, "batch_size": 32, "lrs": (0.01 * 32 / 512,), "eval_images": 2000},
 }
 QUICK = {
-    "resolution": 32, "batch_size": 16, "seeds": (0, 1), "ssl_base_steps": 20, "knn_every": 10,
-    "target_ladder": (5, 10), "hpt_ladder": (3, 6), "hptbn_steps": 4, "chain_steps": 3,
+    "seeds": (0, 1), "knn_every": 10,
+    "network": {"resolution": 32, "batch_size": 16, "base_steps": 20, "target_ladder": (5, 10), "hpt_ladder": (3, 6),
+                "hptbn_steps": 4, "chain_steps": 3},
     "linear": {"train_images": 300, "eval_images": 150, "iterations": 100, "lrs": (3.0,)},
     "semi": {"labels": 100, "iterations": 3, "batch_size": 16, "lrs": (0.01 * 16 / 512,), "eval_images": 150},
 }
 
 
-# MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256 scaled
-# linearly, a 4096-key queue and key momentum 0.99 (0.999 barely moves the key encoder in a few hundred
-# steps), split-BN in 8 groups against BN leakage on one device. Every strategy of a series uses it.
-MOCO = {"lr": 0.03, "lr_reference_batch": 256, "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2,
-        "proj_hidden": 2048, "bn_splits": 8, "augment": "moco"}
+def network_of(series: str, protocol: dict) -> dict:
+    return {**NETWORKS[series], **protocol["network"]}
 
 
-def moco_overrides(protocol: dict, steps: int, seed: int, **extra) -> dict:
-    return {**MOCO, "steps": steps, "batch_size": protocol["batch_size"], "image_size": protocol["resolution"],
-            "crop_pct": 1.0, "progress": False, "checkpoint_every": min(steps, 250), "keep_checkpoints": 2,
-            "seed": seed, "device": "cpu", "log_every": 25, **extra}
+def moco_overrides(network: dict, steps: int, seed: int, **extra) -> dict:
+    sized = {"crop_pct": network["crop_pct"]} if network["crop_pct"] is not None else {}
+    return {**network["moco"], "steps": steps, "batch_size": network["batch_size"],
+            "image_size": network["resolution"], **sized, "progress": False, "checkpoint_every": min(steps, 250),
+            "keep_checkpoints": 2, "seed": seed, "device": "cpu", "log_every": 25, **extra}
 
 
 # ------------------------------------------------------------------ results
@@ -102,25 +127,27 @@ class Results:
               f"{row['protocol']:15s} {row['value']:.4f}  ({row['seconds']:.0f} s)", flush=True)
 
 
-def spec_for(checkpoint_cfg: dict | None, domain, protocol: dict):
-    """The preprocessing a checkpoint was trained with (its mean/std), at the protocol's resolution;
+def spec_for(checkpoint_cfg: dict | None, domain, network: dict):
+    """The preprocessing a checkpoint was trained with (its mean/std), at the series' resolution;
     random init (no checkpoint) uses the domain's statistics, as Target's training does."""
     from training.views import input_spec
 
-    return input_spec(domain, 3, protocol["resolution"], base_cfg=checkpoint_cfg, crop_pct=1.0)
+    return input_spec(domain, network["channels"], network["resolution"], base_cfg=checkpoint_cfg,
+                      crop_pct=network["crop_pct"])
 
 
 def evaluate(results: Results, series: str, target: str, strategy: str, steps: int, seed: int, make_model,
              checkpoint_cfg: dict | None, protocol: dict, semi: bool = True) -> None:
+    network = network_of(series, protocol)
     from training.data import open_source
     from training.evaluate import finetune_eval, linear_eval
 
-    key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed)
+    key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=network["arch"])
     todo = [p for p in ("linear", "semi_supervised") if (p == "linear" or semi) and not results.has(protocol=p, **key)]
     if not todo:
         return
     splits = {s: open_source(target, s, target) for s in ("train", "val", "test")}
-    spec = spec_for(checkpoint_cfg, splits["train"].domain, protocol)
+    spec = spec_for(checkpoint_cfg, splits["train"].domain, network)
     if "linear" in todo:
         start = time.time()
         options = protocol["linear"]
@@ -142,7 +169,8 @@ def evaluate(results: Results, series: str, target: str, strategy: str, steps: i
 
 
 # ------------------------------------------------------------------ training pieces
-def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, init: str | None, rungs, name_of_rung):
+def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, init: str | None, rungs, name_of_rung,
+               network: dict):
     """One MoCo run whose schedule spans the top rung, exported (zoo format) at every rung."""
     from training import config as configuration
     from training.engine import pretrain
@@ -151,8 +179,8 @@ def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, ini
     exports = {steps: export_dir(steps) for steps in rungs}
     if all((path / "zoo.json").exists() for path in exports.values()):
         return exports
-    config = configuration.resolve(None, {**config_overrides, "data": data, "init": init, "arch": "mnv2",
-                                          "channels": 3})
+    config = configuration.resolve(None, {**config_overrides, "data": data, "init": init, "arch": network["arch"],
+                                          **({"channels": network["channels"]} if network["channels"] == 3 else {})})
     pretrain(config, run_dir)
     for steps, path in exports.items():
         if not (path / "zoo.json").exists():
@@ -167,25 +195,30 @@ def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, ini
     return exports
 
 
+def ssl_base_dir(tag: str, arch: str) -> Path:
+    return WORK / tag / ("ssl_base" if arch == "mnv2" else f"ssl_base_{arch}")  # round 2's first try: mnv2
+
+
 def ssl_base(protocol: dict, tag: str) -> Path:
     """MoCo v2 from scratch on Fashion-MNIST: the self-supervised base (checkpointed every 250 steps,
     resumable; kNN on the val split every `knn_every` steps)."""
     from zoo.names import ModelName, format_name
 
-    steps = protocol["ssl_base_steps"]
-    work = WORK / tag / "ssl_base"
-    overrides = moco_overrides(protocol, steps, 0, knn_every=protocol["knn_every"], knn_train_images=2000,
-                               knn_test_images=1000, checkpoint_every=min(steps, 250), keep_checkpoints=2)
-    name = format_name(ModelName("moco", "fashion_mnist", "mnv2", steps=steps))
-    exports = ladder_run(work / "run", lambda s: work / f"moco-fashion_mnist-mnv2-{s}", overrides, "fashion_mnist",
-                         None, (steps,), lambda s: name)
+    network = network_of("ssl", protocol)
+    steps, arch = network["base_steps"], network["arch"]
+    work = ssl_base_dir(tag, arch)
+    overrides = moco_overrides(network, steps, 0, knn_every=protocol["knn_every"], checkpoint_every=min(steps, 250),
+                               keep_checkpoints=2)
+    name = format_name(ModelName("moco", "fashion_mnist", arch, steps=steps))
+    exports = ladder_run(work / "run", lambda s: work / f"moco-fashion_mnist-{arch}-{s}", overrides, "fashion_mnist",
+                         None, (steps,), lambda s: name, network)
     return exports[steps]
 
 
 def base_knn_curve(tag: str) -> list:
     from training import runfiles
 
-    run = WORK / tag / "ssl_base" / "run"
+    run = ssl_base_dir(tag, NETWORKS["ssl"]["arch"]) / "run"
     if not run.exists():
         return []
     return [(r["step"], r["knn_top1"]) for r in runfiles.read_metrics(run) if "knn_top1" in r]
@@ -199,14 +232,16 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
     from training import hpt
     from training.models import build_backbone
 
-    work = WORK / tag / series / target
+    network = network_of(series, protocol)
+    arch = network["arch"]
+    work = WORK / tag / f"{series}-{arch}" / target  # per network: round 2's first (MobileNetV2) ssl work stays apart
     results = Results(RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}{series}.{target}.json")
     print(f"[{series} {target} seed {seed}] work in {work}", flush=True)
     base_cfg = zoo.info(base)["pretrained_cfg"]
 
     def random_init():
         torch.manual_seed(seed)
-        return build_backbone("mnv2", 3).module
+        return build_backbone(arch, network["channels"]).module
 
     evaluate(results, series, target, "random", 0, seed, random_init, None, protocol)
 
@@ -215,41 +250,41 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
         from training.hpt import eval_batches
 
         train = open_source(target, "train", target)
-        return zoo.recalibrate_bn(random_init(), eval_batches(train, spec_for(None, train.domain, protocol), 250, 2000))
+        return zoo.recalibrate_bn(random_init(), eval_batches(train, spec_for(None, train.domain, network), 250, 2000))
 
     evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
     base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
     if not (base_bn / "zoo.json").exists():
-        hpt.run(hpt.recipe("base", target, "mnv2", base=base), base_bn,
-                overrides={"image_size": protocol["resolution"], "crop_pct": 1.0})
+        hpt.run(hpt.recipe("base", target, arch, base=base), base_bn,
+                overrides={"image_size": network["resolution"], "crop_pct": network["crop_pct"]})
     evaluate(results, series, target, "base_bn", 0, seed, lambda: zoo.load(base_bn), base_cfg, protocol)
 
     def trained(strategy: str, steps: int, out: Path, **extra) -> Path:
         if not (out / "zoo.json").exists():
-            spec = hpt.recipe(strategy, target, "mnv2", base=base, source=extra.pop("source", None))
-            hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=moco_overrides(protocol, steps, seed, **extra))
+            spec = hpt.recipe(strategy, target, arch, base=base, source=extra.pop("source", None))
+            hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=moco_overrides(network, steps, seed, **extra))
         return out
 
-    for steps in protocol["hpt_ladder"]:
+    for steps in network["hpt_ladder"]:
         out = trained("hpt", steps, work / f"seed{seed}" / f"hpt_{steps}")
         evaluate(results, series, target, "hpt", steps, seed, lambda: zoo.load(out), base_cfg, protocol)
-    out = trained("hptbn", protocol["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{protocol['hptbn_steps']}",
-                  lr=0.1)  # the study's HPT-BN lr (0.1 at batch 256, scaled)
-    evaluate(results, series, target, "hptbn", protocol["hptbn_steps"], seed, lambda: zoo.load(out), base_cfg,
+    out = trained("hptbn", network["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{network['hptbn_steps']}",
+                  lr=0.1, lr_reference_batch=256)  # the study's HPT-BN lr (0.1 at batch 256, scaled)
+    evaluate(results, series, target, "hptbn", network["hptbn_steps"], seed, lambda: zoo.load(out), base_cfg,
              protocol)
     source = SERIES[series]["chain"].get(target)
     if source:
-        out = trained("hpt", protocol["chain_steps"], work / f"seed{seed}" / f"chain_{protocol['chain_steps']}",
+        out = trained("hpt", network["chain_steps"], work / f"seed{seed}" / f"chain_{network['chain_steps']}",
                       source=source)
-        evaluate(results, series, target, f"chain:{source}", protocol["chain_steps"], seed, lambda: zoo.load(out),
+        evaluate(results, series, target, f"chain:{source}", network["chain_steps"], seed, lambda: zoo.load(out),
                  base_cfg, protocol)
-    ladder = protocol["target_ladder"]
+    ladder = network["target_ladder"]
     seed_dir = work / f"seed{seed}"
     exports = ladder_run(seed_dir / "target_run", lambda s: seed_dir / f"target_{s}",
-                         moco_overrides(protocol, ladder[-1], seed, checkpoint_every=math.gcd(*ladder),
+                         moco_overrides(network, ladder[-1], seed, checkpoint_every=math.gcd(*ladder),
                                         keep_checkpoints=len(range(0, ladder[-1], math.gcd(*ladder)))), target, None,
-                         ladder, lambda s: hpt.name_of("target", target, "mnv2", steps=s))
+                         ladder, lambda s: hpt.name_of("target", target, arch, steps=s), network)
     for steps, path in exports.items():
         evaluate(results, series, target, "target", steps, seed, lambda: zoo.load(path),
                  zoo.info(path)["pretrained_cfg"], protocol)
