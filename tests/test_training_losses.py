@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.moco import MoCo, info_nce, momentum_update
+from training.moco import MoCo, collapse_message, info_nce, momentum_update
 from training.optim import LARS, build_optimizer, cosine_lr, parameter_groups, scaled_lr
 from training.simclr import SimCLR, nt_xent
 
@@ -109,6 +109,45 @@ def test_moco_step_trains_query_only_and_updates_key_by_ema():
     moco.momentum_step()
     for old, key, query in zip(before_key, moco.key.parameters(), moco.query.parameters()):
         assert torch.allclose(key, 0.5 * old + 0.5 * query)
+
+
+def test_moco_logs_in_batch_similarities_equal_to_a_plain_reference():
+    """cos_positive / cos_other / query_spread are the means of q_i.k_i, q_i.k_j (i != j) and q_i.q_j (i != j)
+    over the steps since the last pop, written out as loops here."""
+    torch.manual_seed(0)
+    moco = MoCo(_tiny_backbone(), 16, dim=4, hidden=8, queue_size=32)
+    assert moco.pop_similarities() == {}
+    batches = [(F.normalize(torch.randn(5, 4), dim=1), F.normalize(torch.randn(5, 4), dim=1)) for _ in range(2)]
+    expected = {"cos_positive": 0.0, "cos_other": 0.0, "query_spread": 0.0}
+    for q, k in batches:
+        moco._record_similarities(q, k)
+        pairs = [(i, j) for i in range(5) for j in range(5) if i != j]
+        expected["cos_positive"] += sum(float(q[i] @ k[i]) for i in range(5)) / 5 / 2
+        expected["cos_other"] += sum(float(q[i] @ k[j]) for i, j in pairs) / len(pairs) / 2
+        expected["query_spread"] += sum(float(q[i] @ q[j]) for i, j in pairs) / len(pairs) / 2
+    got = moco.pop_similarities()
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert moco.pop_similarities() == {}  # popped: the next log window starts empty
+    x = torch.randn(6, 3, 2, 2)
+    moco(x, x.flip(0))  # forward records one batch of its own query/key
+    assert set(moco.pop_similarities()) == set(expected)
+
+
+def test_collapse_is_reported_only_when_queries_align_and_positives_are_no_closer():
+    collapsed = {"cos_positive": 0.9219, "cos_other": 0.9219, "query_spread": 0.9935}  # measured: repro step 150
+    message = collapse_message(collapsed, 150)
+    assert message and "step 150" in message and "--init" in message and "r18c" in message
+    assert collapse_message({**collapsed, "query_spread": 0.75}, 150) is None  # spread out: not collapsed
+    assert collapse_message({**collapsed, "cos_positive": 0.95}, 150) is None  # aligned but still discriminating
+    assert collapse_message({}, 150) is None
+    # a network whose output ignores the image (constant features) is flagged from its first forward
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.normal_()
+    moco = MoCo(constant, 16, dim=4, hidden=8, queue_size=32)
+    moco(torch.randn(8, 3, 2, 2), torch.randn(8, 3, 2, 2))
+    assert collapse_message(moco.pop_similarities(), 1) is not None
 
 
 def test_simclr_head_has_three_layers_with_bn_and_trains():

@@ -73,6 +73,43 @@ def test_resuming_with_another_knn_monitor_is_allowed_and_bit_identical(tmp_path
         pretrain(dict(small(steps=8, checkpoint_every=4, temperature=0.3)), run)
 
 
+def test_moco_log_rows_say_whether_images_are_told_apart(tmp_path, capsys):
+    """Each MoCo log row carries the in-batch similarities (the collapse check of issue 13); a ResNet from
+    scratch is not collapsed (its queries spread out), so no warning is printed."""
+    pretrain(dict(small(steps=4, log_every=2)), tmp_path / "run")
+    rows = [row for row in runfiles.read_metrics(tmp_path / "run") if "loss" in row]
+    assert [row["step"] for row in rows] == [2, 4]
+    for row in rows:
+        assert all(-1 <= row[k] <= 1 for k in ("cos_positive", "cos_other")) and -1 <= row["query_spread"] < 0.99, row
+    assert "collapsed" not in capsys.readouterr().err
+
+
+def test_a_collapsed_start_is_reported_once_on_stderr(tmp_path, capsys):
+    """A base whose features ignore the image (layer4's first block zeroed: every image gives the same vector) starts
+    MoCo collapsed: the first log row says so, once, naming the fixes."""
+    from zoo.checkpoint import timm_config, write_checkpoint
+
+    from training.models import build_backbone
+
+    backbone = build_backbone("r18", 1)
+    first = backbone.module.layer4[0]
+    with torch.no_grad():  # both branches of layer4's first block output 0, and 0 stays 0 through the last block
+        for bn in (first.bn2, first.downsample[1]):
+            bn.weight.zero_()
+            bn.bias.zero_()
+    state = {k: v for k, v in backbone.module.state_dict().items()}
+    cfg = {"input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,), "interpolation": "bilinear", "crop_pct": 1.0}
+    base = write_checkpoint(tmp_path / "constant-r18", state,
+                            timm_config("resnet18", 0, 512, cfg, {"in_chans": 1}),
+                            {"name": "constant-r18", "strategy": "random", "method": "none", "domain": "none",
+                             "lineage": []})
+    pretrain(dict(small(steps=4, log_every=1, init=str(base), lr=1e-9)), tmp_path / "run")
+    rows = [row for row in runfiles.read_metrics(tmp_path / "run") if "loss" in row]
+    assert all(row["query_spread"] > 0.999 for row in rows), rows
+    err = capsys.readouterr().err
+    assert err.count("MoCo's outputs have collapsed by step 1") == 1 and err.count("collapsed") == 1, err
+
+
 def _cli(args, **kwargs):
     return subprocess.Popen([PYTHON, "-m", "training", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)

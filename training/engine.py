@@ -37,7 +37,7 @@ from .batches import StepBatches, step_loader
 from .config import ConfigError, differences
 from .data import ImageSet, open_source
 from .models import Backbone, backbone_from_zoo, build_backbone, make_bn_only_trainable
-from .moco import MoCo
+from .moco import MoCo, collapse_message
 from .optim import build_optimizer, cosine_lr, scaled_lr, set_lr, step_lr
 from .simclr import SimCLR
 from .device_views import BatchedViews, raw_transform
@@ -357,6 +357,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     progress = tqdm(total=total, initial=start, disable=not (config["progress"] and rank == 0),
                     desc=f"{config['method']} {config['data']}", dynamic_ncols=True, mininterval=2.0)
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    collapse_warned = False
     path = last_good
     with _SigtermFlag() as sigterm:
         for step, (view1, view2, indices) in zip(range(start, total), loader):
@@ -397,6 +398,12 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
                 elapsed = time.perf_counter() - window_start
                 row = {"step": done, "loss": window_loss / window_steps, "lr": optimizer.param_groups[0]["lr"],
                        "images_per_s": window_steps * config["batch_size"] / max(elapsed, 1e-9)}
+                if isinstance(method, MoCo):
+                    row.update(method.pop_similarities())
+                    warning = None if collapse_warned else collapse_message(row, done)
+                    if warning and rank == 0:
+                        collapse_warned = True
+                        runfiles.say(warning)
                 metrics.write(**row)
                 progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.3g}")
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()

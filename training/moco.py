@@ -41,6 +41,22 @@ def momentum_update(target: list[torch.Tensor], source: list[torch.Tensor], mome
     torch._foreach_lerp_(target, source, 1.0 - momentum)
 
 
+def collapse_message(similarities: dict, step: int) -> str | None:
+    """A warning when the logged similarities say the outputs have collapsed: every query points the same way
+    and is no closer to its own positive key than to the other images' keys. From there MoCo lowers its loss
+    only through the queue's age (keys computed now vs keys enqueued earlier), and it does not leave that
+    state (issue 13: MobileNetV2 from scratch at 28-64 px, every recipe tried)."""
+    if not similarities or similarities["query_spread"] < 0.99 or \
+            similarities["cos_positive"] - similarities["cos_other"] > 0.01:
+        return None
+    return (f"MoCo's outputs have collapsed by step {step}: queries' mean pairwise cosine "
+            f"{similarities['query_spread']:.4f}, a query is as close to other images' keys "
+            f"({similarities['cos_other']:.4f}) as to its own positive ({similarities['cos_positive']:.4f}), so the "
+            f"loss now falls only through the queue's age and the features stop improving. Seen with networks "
+            f"that keep no instance information at random init (MobileNetV2 from scratch at small scale): start "
+            f"from a pretrained base (--init), or use a ResNet (arch r18c/r18/r50); see README 'Training'")
+
+
 class MoCo(nn.Module):
     name = "moco"
 
@@ -57,6 +73,7 @@ class MoCo(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys = None
         self._query_runner = None  # DDP wrapper of self.query, kept out of the module tree
+        self._similarity_sums, self._similarity_batches = None, 0  # on the device: no sync per step
 
     @property
     def backbone(self) -> nn.Module:
@@ -105,10 +122,37 @@ class MoCo(nn.Module):
             loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
             self._pending_keys = torch.cat([k1, k2])
         else:
-            key = self.encode_key(view2)
-            loss = info_nce(self.encode_query(view1), key, queue, self.temperature)
-            self._pending_keys = key
+            k2 = self.encode_key(view2)
+            q1 = self.encode_query(view1)
+            loss = info_nce(q1, k2, queue, self.temperature)
+            self._pending_keys = k2
+        self._record_similarities(q1, k2)
         return loss
+
+    @torch.no_grad()
+    def _record_similarities(self, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Accumulate, for the log, what says whether the network tells images apart (benchmarks/RESULTS.md,
+        issue 13: a collapsed MoCo lowers its loss only through the queue's age)."""
+        if len(query) < 2:
+            return
+        query, key = query.detach().double(), key.double()
+        n = len(query)
+        to_keys, among_queries = query @ key.t(), query @ query.t()
+        positive = to_keys.diagonal().mean()
+        other = (to_keys.sum() - to_keys.diagonal().sum()) / (n * n - n)
+        spread = (among_queries.sum() - among_queries.diagonal().sum()) / (n * n - n)
+        values = torch.stack([positive, other, spread])
+        self._similarity_sums = values if self._similarity_sums is None else self._similarity_sums + values
+        self._similarity_batches += 1
+
+    def pop_similarities(self) -> dict:
+        """Means since the last call: cosine of a query to its positive key and to the other images' keys in the
+        batch, and the queries' mean pairwise cosine (their spread). Empty when nothing was recorded."""
+        if not self._similarity_batches:
+            return {}
+        positive, other, spread = (self._similarity_sums / self._similarity_batches).tolist()
+        self._similarity_sums, self._similarity_batches = None, 0
+        return {"cos_positive": positive, "cos_other": other, "query_spread": spread}
 
     def after_backward(self) -> None:
         """Enqueue this step's keys. Deferred until after backward because the loss graph holds the

@@ -49,7 +49,7 @@ class StorageFullError(RunFileError):
     """No space (or quota, or file-size limit) to write a run file; the previous version is intact."""
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"training: {message}", file=sys.stderr, flush=True)
 
 
@@ -114,7 +114,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     if removed:
-        _say(f"removed {len(removed)} temporary file(s) left by interrupted writes in {run_dir}")
+        say(f"removed {len(removed)} temporary file(s) left by interrupted writes in {run_dir}")
     return removed
 
 
@@ -178,7 +178,7 @@ def verify_checkpoint(path: Path) -> None:
     try:
         record = json.loads(record_path.read_text())
     except FileNotFoundError:
-        _say(f"{path} has no checksum file ({record_path.name}; written by a version before checksums): "
+        say(f"{path} has no checksum file ({record_path.name}; written by a version before checksums): "
              f"it is not verified")
         return
     except (OSError, ValueError) as error:
@@ -224,7 +224,7 @@ def load_resumable(run_dir: Path, set_aside: bool = True) -> dict | None:
             state = load_checkpoint(path)
         except CheckpointError as error:
             skipped.append(path)
-            _say(f"{error}; falling back to the previous checkpoint")
+            say(f"{error}; falling back to the previous checkpoint")
             if set_aside:
                 try:
                     os.replace(path, f"{path}{BAD_SUFFIX}")
@@ -241,7 +241,7 @@ def load_resumable(run_dir: Path, set_aside: bool = True) -> dict | None:
             raise CheckpointError(f"{path} holds step {state['step']}, not {step}: renamed by hand? Move it out of "
                                   f"{path.parent} and rerun.")
         if skipped:
-            _say(f"resuming from {path} (step {step}); {len(skipped)} newer checkpoint(s) did not verify"
+            say(f"resuming from {path} (step {step}); {len(skipped)} newer checkpoint(s) did not verify"
                  + (f" and were set aside as *.pt{BAD_SUFFIX}" if set_aside else ""))
         state["path"] = path
         return state
@@ -282,7 +282,7 @@ def _parse_metrics(path: Path, keep_text: bool = False) -> list:
                 raise ValueError("not a JSON object")
         except ValueError as error:
             if index == len(numbered) - 1:
-                _say(f"{path}: line {number} is torn (an interrupted write) and is ignored")
+                say(f"{path}: line {number} is torn (an interrupted write) and is ignored")
                 break
             raise RunFileError(f"{path}: line {number} is not a JSON object ({error}); fix or delete that line "
                                f"and rerun") from None
