@@ -71,6 +71,24 @@ def test_bf16_logits_are_upcast_and_float64_kept():
     assert nt_xent(q, q, 0.2).dtype == torch.float64
 
 
+def test_logits_under_bf16_autocast_keep_full_precision():
+    """Under autocast the embeddings arrive in bf16; the similarities must still be float32 products of those
+    values, not bf16-rounded ones (steps of 0.004 near cosine 1, the size of a positive's margin)."""
+    torch.manual_seed(0)
+    centre = F.normalize(torch.randn(1, 128), dim=1)  # embeddings sharing a direction, as in training
+    base = F.normalize(centre + 0.1 * torch.randn(16, 128), dim=1)
+    q = F.normalize(base + 0.02 * torch.randn(16, 128), dim=1).bfloat16()  # positives at cosine ~0.98
+    k = base.bfloat16()
+    queue = F.normalize(centre + 0.1 * torch.randn(64, 128), dim=1).bfloat16()  # bf16 logits: error ~6e-4
+    reference_moco = info_nce(q.double(), k.double(), queue.double(), 0.1)
+    reference_simclr = nt_xent(q.double(), k.double(), 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        moco, simclr = info_nce(q, k, queue, 0.1), nt_xent(q, k, 0.1)
+    assert moco.dtype == simclr.dtype == torch.float32
+    assert abs(float(moco) - float(reference_moco)) < 1e-5
+    assert abs(float(simclr) - float(reference_simclr)) < 1e-5
+
+
 def _two_ranks(rank: int, init_file: str, results: str):
     import torch.distributed as dist
 

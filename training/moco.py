@@ -16,11 +16,7 @@ from torch import nn
 
 from . import dist
 from .heads import mlp_head
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits (autocast) are upcast before the softmax; float64 stays float64."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from .similarity import full_precision, similarity_logits
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -28,9 +24,9 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temper
 
     query, key: [N, D] L2-normalised; queue: [K, D] L2-normalised negatives.
     """
-    positive = (query * key).sum(dim=1, keepdim=True)
-    negative = query @ queue.t()
-    logits = _at_least_float32(torch.cat([positive, negative], dim=1)) / temperature
+    query, key = full_precision(query, key)
+    positive = (query * key).sum(dim=1, keepdim=True) / temperature
+    logits = torch.cat([positive, similarity_logits(query, queue, temperature)], dim=1)
     # target 0 for every row: -log softmax at column 0, written out to skip building a label tensor
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 

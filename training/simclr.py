@@ -14,11 +14,7 @@ from torch import nn
 from . import dist
 from .branch import OneBranch
 from .heads import mlp_head
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 logits (autocast) are upcast before the softmax; float64 stays float64."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from .similarity import similarity_logits
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather=dist.gather_with_grad,
@@ -34,7 +30,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather=dist.
     total = all1.shape[0]
     keys = torch.cat([all1, all2])  # [2N, D]
     queries = torch.cat([z1, z2])  # [2n, D]
-    logits = _at_least_float32(queries @ keys.t()) / temperature
+    logits = similarity_logits(queries, keys, temperature)
     mine = torch.arange(n, device=z1.device) + rank * n
     self_index = torch.cat([mine, mine + total])
     positive_index = torch.cat([mine + total, mine])
