@@ -1,6 +1,7 @@
 """zoo.load by name through a real Hub-compatible server (olah on loopback) and the HF cache."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -203,6 +204,9 @@ def test_cli_errors_exit_nonzero_with_message(hub_cache):
     assert "did you mean 'chexpert'" in result.stderr
     result = run_python("import sys; from zoo.cli import main; sys.exit(main(['list', '--json']))")
     assert result.returncode == 0 and '"sup-imagenet-mnv2"' in result.stdout
+    sources = {row["name"]: row["source"] for row in json.loads(result.stdout)}
+    assert sources["sup-imagenet-mnv2"] == "hpt-zoo/sup-imagenet-mnv2"  # a Hub repo
+    assert sources["moco-imagenet-r50"] == "upstream file (dl.fbaipublicfiles.com), converted on first use"
 
 
 def test_torch_hub_entry_points(olah, hub_cache):

@@ -30,10 +30,22 @@ def cmd_list(args) -> int:
         rows.append({"name": name, "strategy": details.get("strategy"), "arch": details.get("timm_arch"),
                      "domain": details.get("bn_variant") or details.get("domain"),
                      "bn_variants": ",".join(details.get("bn_variants", [])) if not details.get("bn_variant") else "",
-                     "repo": details.get("repo_id")})
-    _emit(args, rows, _table(rows, ["name", "strategy", "arch", "domain", "bn_variants", "repo"]) if rows
+                     "source": _where_from(details)})
+    _emit(args, rows, _table(rows, ["name", "strategy", "arch", "domain", "bn_variants", "source"]) if rows
           else f"no published model matches {args.pattern!r}")
     return 0
+
+
+def _where_from(details: dict) -> str:
+    """A Hub repo id, or for a publisher's own file the host it is fetched from (converted on first use)."""
+    if details.get("repo_id"):
+        return details["repo_id"]
+    url = (details.get("source") or {}).get("url")
+    if url:
+        from urllib.parse import urlsplit
+
+        return f"upstream file ({urlsplit(url).hostname}), converted on first use"
+    return "-"
 
 
 def _text(value, limit: int = 200) -> str:
