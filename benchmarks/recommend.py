@@ -5,7 +5,7 @@ For each offline set (Fashion-MNIST, animals, digits) and the same candidates, s
   images, SGD lr grid {0.3, 3, 30}, 1000 iterations, validation-selected test top-1), each candidate
   with its own mean/std at 64 px;
 - quick: zoo.recommend on a stratified sample of the train split (closed-form ridge, leave-one-out).
-Kendall's tau-b between the two rankings per set, and the quick ranking's cost (load + embed + probe
+Kendall's tau-b between the two rankings per set, and the quick ranking's cost (load + embed + probe, in CPU
 seconds, summed) as a fraction of the full probe's (load + embed + probe).
 
 Candidates (MobileNetV2 family, any BN variant): the supervised ImageNet base and its animals BN
@@ -109,14 +109,14 @@ def full_probe(name: str, data: str, sets) -> dict:
     from training.evaluate import linear_eval
     from training.views import input_spec
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model = zoo.load(name)
     cfg = zoo.info(name)["pretrained_cfg"]
     loaded = time.perf_counter()
     spec = input_spec(sets[0].domain, "auto", 64, base_cfg=cfg, crop_pct=1.0)
     record = linear_eval(model, *sets, spec, data, **FULL_PROBE)
     return {"value": record["value"], "lr": record["lr"], "load_s": loaded - start,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
 
 def main() -> int:
@@ -164,11 +164,13 @@ def main() -> int:
             print(f"  full  {data:14s} {row['value']:.4f} {row['seconds']:6.1f} s  {name}", flush=True)
         train = sets[0]
         images = train._array[:, :, :, 0] if train._array is not None else [train.image(i) for i in range(len(train))]
+        cpu = time.process_time()
         ranking = zoo.recommend((images, train.labels()), candidates=names, budget_s=None, sample=args.sample,
                                 image_size=64, crop_pct=1.0)
+        cpu = time.process_time() - cpu
         results["quick"] = [r for r in results["quick"] if not (r["data"] == data and r["sample"] == args.sample)]
         results["quick"].append({"data": data, "sample": args.sample, "rows": ranking.rows,
-                                 "skipped": ranking.skipped, "seconds": ranking.seconds})
+                                 "skipped": ranking.skipped, "seconds": ranking.seconds, "cpu_s": cpu})
         save()
         print(str(ranking), flush=True)
     report(args.sample)
@@ -187,12 +189,16 @@ def report(sample: int | None = None) -> None:
         if len(rows) < 3:
             continue
         tau = kendall_tau_b([r["score"] for r in rows], [full[r["name"]]["value"] for r in rows])
-        quick = sum(r["seconds"] for r in rows)
-        cost = sum(full[r["name"]]["seconds"] for r in rows)
+        # CPU seconds of this process (torch at one thread) when every row has them: the 2-core machine's load
+        # changes over a run of hours and would bias wall-clock ratios; older rows have wall-clock only
+        if "cpu_s" in entry and all("cpu_s" in full[r["name"]] for r in rows) and len(rows) == len(entry["rows"]):
+            quick, cost, unit = entry["cpu_s"], sum(full[r["name"]]["cpu_s"] for r in rows), "CPU s"
+        else:
+            quick, cost, unit = sum(r["seconds"] for r in rows), sum(full[r["name"]]["seconds"] for r in rows), "s"
         taus.append(tau)
         quick_cost, full_cost = quick_cost + quick, full_cost + cost
         print(f"\n{data}: {len(rows)} candidates, recommend sample {entry['sample']}: kendall tau-b {tau:.2f}, "
-              f"cost {quick:.0f} s vs full probe {cost:.0f} s ({100 * quick / cost:.1f}%)")
+              f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%)")
         print(f"  {'quick':>6} {'full':>6}  candidate")
         for r in sorted(rows, key=lambda r: -full[r["name"]]["value"]):
             print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {Path(r['name']).name}")
