@@ -133,7 +133,7 @@ def main() -> int:
         FULL_PROBE.update(train_images=300, eval_images=100, iterations=100)
         args.sets, args.sample = "digits", 60
     if args.report:
-        report()
+        report(args.sample)
         return 0
     import torch
 
@@ -177,12 +177,12 @@ def main() -> int:
     return 0
 
 
-def report(sample: int | None = None) -> None:
+def report(headline_sample: int = 200) -> None:
+    """Per data set and recommend sample size: tau and cost; the last line is the headline sample's summary
+    (the default, 200, fixed before any result; other sizes are printed above it as the cost/accuracy trade-off)."""
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"full": [], "quick": []}
-    taus, quick_cost, full_cost = [], 0.0, 0.0
-    for entry in results["quick"]:
-        if sample is not None and entry["sample"] != sample:
-            continue
+    summaries = {}
+    for entry in sorted(results["quick"], key=lambda e: (e["sample"], e["data"])):
         data = entry["data"]
         full = {r["name"]: r for r in results["full"] if r["data"] == data}
         rows = [r for r in entry["rows"] if r["name"] in full]
@@ -195,19 +195,21 @@ def report(sample: int | None = None) -> None:
             quick, cost, unit = entry["cpu_s"], sum(full[r["name"]]["cpu_s"] for r in rows), "CPU s"
         else:
             quick, cost, unit = sum(r["seconds"] for r in rows), sum(full[r["name"]]["seconds"] for r in rows), "s"
-        taus.append(tau)
-        quick_cost, full_cost = quick_cost + quick, full_cost + cost
+        taus, quick_cost, full_cost = summaries.get(entry["sample"], ([], 0.0, 0.0))
+        summaries[entry["sample"]] = (taus + [tau], quick_cost + quick, full_cost + cost)
         print(f"\n{data}: {len(rows)} candidates, recommend sample {entry['sample']}: kendall tau-b {tau:.2f}, "
               f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%)")
         print(f"  {'quick':>6} {'full':>6}  candidate")
         for r in sorted(rows, key=lambda r: -full[r["name"]]["value"]):
             print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {Path(r['name']).name}")
-    if taus:
-        print(f"recommend kendall tau vs full probe: {sum(taus) / len(taus):.2f} at "
-              f"{100 * quick_cost / full_cost:.1f}% of its cost")
-    else:
+    print()
+    for sample in sorted(summaries, key=lambda s: (s == headline_sample, s)):  # the headline last
+        taus, quick_cost, full_cost = summaries[sample]
+        suffix = "" if sample == headline_sample else f" (sample {sample})"
+        print(f"recommend kendall tau vs full probe{suffix}: {sum(taus) / len(taus):.2f} at "
+              f"{100 * quick_cost / full_cost:.1f}% of its cost ({len(taus)} data sets)")
+    if headline_sample not in summaries:
         print("recommend kendall tau vs full probe: n/a (no complete data set yet)")
-
 
 if __name__ == "__main__":
     sys.exit(main())
