@@ -86,6 +86,7 @@ def test_checkpoints_every_n_and_last_keep_the_newest_two(finished_run):
     assert final == runfiles.checkpoint_path(run, 5)
     state = runfiles.load_checkpoint(final)
     assert state["step"] == 5 and state["world_size"] == 1 and state["config"] == config
+    assert "replica_digests" not in state  # one process: no replicas to compare
     assert state["arch"] == {"arch": "r18", "timm_arch": "resnet18", "model_args": state["arch"]["model_args"],
                              "num_features": 512}
     assert state["spec"]["image_size"] == 32 and state["spec"]["channels"] == 1
