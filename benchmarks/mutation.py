@@ -243,6 +243,7 @@ def recheck(work: Path, module: str, names: list[str]) -> list[str]:
     env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--recheck-in", module, "--", *names],
                           cwd=work / "mutants", env=env, capture_output=True, text=True)
+    (work / "recheck.log").write_text(done.stderr)  # which test failed on which mutant
     if done.returncode != 0:
         raise SystemExit(f"{module}: the recheck failed to run:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -262,9 +263,11 @@ def recheck_in_process(module: str, names: list[str]) -> list[str]:
     def fails(mutant: str) -> bool:
         os.environ["MUTANT_UNDER_TEST"] = mutant
         for selection in runs:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()) as output:
                 code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", *selection])
-            if code == pytest.ExitCode.TESTS_FAILED:
+            if code == pytest.ExitCode.TESTS_FAILED:  # kept, so that a kill can be told from a flaky test
+                failed = [line for line in output.getvalue().splitlines() if line.startswith(("FAILED", "E "))]
+                print(f"{mutant}: " + " | ".join(failed[:6]), file=sys.stderr, flush=True)
                 return True
             if code != pytest.ExitCode.OK:
                 raise SystemExit(f"pytest {selection} exited {code} under {mutant!r}")

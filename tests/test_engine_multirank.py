@@ -36,8 +36,9 @@ def _rank(rank: int, init_file: str, out: str, odd_run: str, odd_config: dict, c
                                  _checked_replica_digests, open_run_dir)
 
     # a bounded timeout: a rank that fails alone makes its peer's collective fail instead of waiting 30 min
+    # (120 s: a spawned rank re-imports torch, slow on a loaded 2-core machine)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=120))
     seen: dict = {}
     try:
         seen["flags"] = list(_all_ranks_flags(rank == 0, rank == 1))  # non-finite on rank 0, SIGTERM on rank 1
