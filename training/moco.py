@@ -50,7 +50,8 @@ def collapse_message(similarities: dict, step: int) -> str | None:
             f"({similarities['cos_other']:.4f}) as to its own positive ({similarities['cos_positive']:.4f}), so the "
             f"loss now falls only through the queue's age and the features stop improving. Seen with networks "
             f"that keep no instance information at random init (MobileNetV2 from scratch at small scale): start "
-            f"from a pretrained base (--init), or use a ResNet (arch r18c/r18/r50); see README 'Training your own backbone'")
+            f"from a pretrained base (--init), or use a ResNet (arch r18c/r18/r50); see README "
+            f"'Training your own backbone'")
 
 
 class MoCo(nn.Module):

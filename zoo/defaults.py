@@ -90,7 +90,8 @@ def prepare_mirror(mirror_root: str | os.PathLike) -> str:
         fresh = publish_to_mirror(checkpoint, Path(scratch) / "mirror", REPO_ID)
         if fresh != pinned:
             raise ZooError(f"rebuilt {REPO_ID} at commit {fresh}, but the packaged catalog pins {pinned}: the "
-                           f"conversion or card generation changed; republish with `python -m training.demo --republish`")
+                           f"conversion or card generation changed; republish with "
+                           f"`python -m training.demo --republish`")
         existing = head_commit(mirror_root, REPO_ID)
         if existing not in (None, pinned):  # published by an older release: the files would land on top of it
             raise ZooError(f"{repo_path(mirror_root, REPO_ID)} holds an older publication of {REPO_ID} (commit "
