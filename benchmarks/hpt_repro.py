@@ -179,6 +179,8 @@ def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, ini
     exports = {steps: export_dir(steps) for steps in rungs}
     if all((path / "zoo.json").exists() for path in exports.values()):
         return exports
+    # gray data gives 1 channel by itself ("auto"); only the RGB-replica networks name it, so a run's config stays
+    # the one `python -m training pretrain` writes for the same recipe (the ssl base reuses such a run)
     config = configuration.resolve(None, {**config_overrides, "data": data, "init": init, "arch": network["arch"],
                                           **({"channels": network["channels"]} if network["channels"] == 3 else {})})
     pretrain(config, run_dir)

@@ -34,7 +34,7 @@ import torch
 from training import runfiles
 from training.batches import StepBatches
 from training.engine import prepare
-from training.moco import info_nce
+from training.moco import batch_similarities, info_nce
 from training.views import view_transform
 
 EVAL_BATCHES = 8
@@ -68,14 +68,12 @@ def main():
             if queue is not None:
                 totals["loss"] += info_nce(query, key, queue, model.temperature).item()
                 continue
-            similarity = query @ key.t()
-            n = len(query)
-            off_diagonal = ~torch.eye(n, dtype=torch.bool)
-            totals["loss"] += torch.nn.functional.cross_entropy(similarity / model.temperature,
-                                                                torch.arange(n)).item()
-            totals["positive"] += similarity.diagonal().mean().item()
-            totals["other"] += similarity[off_diagonal].mean().item()
-            totals["spread"] += (query @ query.t())[off_diagonal].mean().item()
+            totals["loss"] += torch.nn.functional.cross_entropy(query @ key.t() / model.temperature,
+                                                                torch.arange(len(query))).item()
+            positive, other, spread = batch_similarities(query, key).tolist()
+            totals["positive"] += positive
+            totals["other"] += other
+            totals["spread"] += spread
         return {k: v / len(held_out) for k, v in totals.items()}
 
     print(f"InfoNCE on {EVAL_BATCHES} held-out batches of {config['batch_size']}, queue {config['queue_size']}: "

@@ -37,6 +37,19 @@ def momentum_update(target: list[torch.Tensor], source: list[torch.Tensor], mome
     torch._foreach_lerp_(target, source, 1.0 - momentum)
 
 
+@torch.no_grad()
+def batch_similarities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """[cos to the positive, cos to the other images' keys, the queries' mean pairwise cos] over one batch
+    (float64; query, key: [N, D] L2-normalised, N >= 2): whether the network tells images apart at all."""
+    query, key = query.detach().double(), key.detach().double()
+    n = len(query)
+    to_keys, among_queries = query @ key.t(), query @ query.t()
+    positive = to_keys.diagonal().mean()
+    other = (to_keys.sum() - to_keys.diagonal().sum()) / (n * n - n)
+    spread = (among_queries.sum() - among_queries.diagonal().sum()) / (n * n - n)
+    return torch.stack([positive, other, spread])
+
+
 def collapse_message(similarities: dict, step: int) -> str | None:
     """A warning when the logged similarities say the outputs have collapsed: every query points the same way
     and is no closer to its own positive key than to the other images' keys. From there MoCo lowers its loss
@@ -132,13 +145,7 @@ class MoCo(nn.Module):
         issue 13: a collapsed MoCo lowers its loss only through the queue's age)."""
         if len(query) < 2:
             return
-        query, key = query.detach().double(), key.double()
-        n = len(query)
-        to_keys, among_queries = query @ key.t(), query @ query.t()
-        positive = to_keys.diagonal().mean()
-        other = (to_keys.sum() - to_keys.diagonal().sum()) / (n * n - n)
-        spread = (among_queries.sum() - among_queries.diagonal().sum()) / (n * n - n)
-        values = torch.stack([positive, other, spread])
+        values = batch_similarities(query, key)
         self._similarity_sums = values if self._similarity_sums is None else self._similarity_sums + values
         self._similarity_batches += 1
 

@@ -86,15 +86,18 @@ def repo_path(mirror_root: str | os.PathLike, repo_id: str, repo_type: str = "mo
     return target
 
 
+def _main_head(repo: Path) -> str | None:
+    """The commit refs/heads/main points at, or None for a repo without one yet."""
+    try:
+        return _git(repo, "rev-parse", "--verify", "-q", "refs/heads/main")
+    except ZooError:
+        return None
+
+
 def head_commit(mirror_root: str | os.PathLike, repo_id: str, repo_type: str = "model") -> str | None:
     """The repo's current main commit in the mirror, or None when the mirror does not hold the repo."""
     target = repo_path(Path(mirror_root).resolve(), repo_id, repo_type)
-    if not (target / ".git").is_dir():
-        return None
-    try:
-        return _git(target, "rev-parse", "--verify", "-q", "refs/heads/main")
-    except ZooError:
-        return None
+    return _main_head(target) if (target / ".git").is_dir() else None
 
 
 def _mirror_lock(root: Path):
@@ -163,10 +166,7 @@ def _commit(repo: Path, files: dict[str, bytes | Path], message: str) -> str:
         tree = _git(repo, "write-tree", env=env)
     finally:
         index.unlink(missing_ok=True)
-    try:
-        head = _git(repo, "rev-parse", "--verify", "-q", "refs/heads/main")
-    except ZooError:
-        head = ""
+    head = _main_head(repo)
     if head and _git(repo, "rev-parse", f"{head}^{{tree}}") == tree:
         return head  # same files as the current revision: nothing to commit, same pin
     commit = _git(repo, "commit-tree", tree, *(["-p", head] if head else []), "-m", message)
