@@ -330,6 +330,75 @@ def steps_to_match(curves: dict, series: str, data: str) -> tuple[float | None, 
     return (best_steps / matched if matched else None), details
 
 
+# The study's claims, each a paired comparison over seeds (the same seed's two values: the Base strategies
+# vary only by their evaluation seeds, so every pair shares the probe's and the fine-tune's draws). The rule
+# was fixed before the seeds 1 and 2 finished: a difference counts only when its 95% t-interval (n - 1
+# degrees of freedom: 4.30 x its standard error at n = 3) excludes 0; fewer than 3 pairs is "pending".
+CLAIMS = (
+    # (claim, better, worse, protocols); "hpt@*" = every HPT rung of the ladder, each compared on its own
+    ("HPT > Base", "hpt@*", "base@0", ("linear", "semi_supervised")),
+    ("Base-BN vs Base", "base_bn@0", "base@0", ("linear", "semi_supervised")),
+    ("HPT-BN vs HPT (same steps)", "hptbn@{hptbn}", "hpt@{hptbn}", ("linear", "semi_supervised")),
+    ("chain vs HPT (same steps)", "chain@{chain}", "hpt@{chain}", ("linear", "semi_supervised")),
+)
+MIN_PAIRS = 3
+
+
+def paired_difference(rows: list[dict], first: tuple, second: tuple) -> dict | None:
+    """first - second over the seeds both have; first/second = (series, data, strategy, steps, protocol).
+    Returns mean, std, n, the 95% t-interval and a verdict: "higher", "lower", "within noise" or "pending"."""
+    from scipy import stats
+
+    def by_seed(key):
+        return {r["seed"]: r["value"] for r in rows
+                if (r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]) == key}
+
+    a, b = by_seed(first), by_seed(second)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    differences = [a[s] - b[s] for s in seeds]
+    n = len(differences)
+    mean = sum(differences) / n
+    if n < 2:
+        return {"mean": mean, "std": float("nan"), "n": n, "low": float("nan"), "high": float("nan"),
+                "verdict": f"pending (n={n})"}
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = (f"pending (n={n})" if n < MIN_PAIRS else "higher" if low > 0 else "lower" if high < 0
+               else "within noise")
+    return {"mean": mean, "std": std, "n": n, "low": low, "high": high, "verdict": verdict}
+
+
+def claim_verdicts(rows: list[dict]) -> list[dict]:
+    """Every paired comparison of CLAIMS that the results hold, per (series, target, protocol)."""
+    out = []
+    for series, data in sorted({(r["series"], r["data"]) for r in rows}):
+        network = NETWORKS[series]
+        chain_source = SERIES[series]["chain"].get(data)
+        rungs = {"hptbn": network["hptbn_steps"], "chain": network["chain_steps"]}
+        for claim, better, worse, protocols in CLAIMS:
+            strategy = better.split("@")[0]
+            if strategy == "chain":
+                if not chain_source:
+                    continue
+                strategy = f"chain:{chain_source}"
+            steps = list(network["hpt_ladder"]) if better.endswith("@*") else [
+                int(better.split("@")[1].format(**rungs))]
+            for step in steps:
+                worse_strategy, worse_steps = worse.split("@")
+                worse_steps = step if worse_steps == "*" else int(worse_steps.format(**rungs))
+                for protocol in protocols:
+                    result = paired_difference(rows, (series, data, strategy, step, protocol),
+                                               (series, data, worse_strategy, worse_steps, protocol))
+                    if result:
+                        out.append({"claim": claim, "series": series, "data": data, "protocol": protocol,
+                                    "first": f"{strategy} {step}", "second": f"{worse_strategy} {worse_steps}",
+                                    **result})
+    return out
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -380,7 +449,8 @@ def report(tag: str) -> None:
     name = "hpt_repro" if tag == "full" else f"hpt_repro.{tag}"
     table = [{"series": k[0], "data": k[1], "strategy": k[2], "steps": k[3], "protocol": k[4], **v}
              for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))]
-    (RESULTS / f"{name}.summary.json").write_text(json.dumps({"points": table, "ssl_base_knn": curve}, indent=1))
+    (RESULTS / f"{name}.summary.json").write_text(json.dumps({"points": table, "ssl_base_knn": curve,
+                                                          "verdicts": claim_verdicts(rows)}, indent=1))
     plot(summary, RESULTS / f"{name}.png")
     ratios = {}
     for series, data in sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1])):
@@ -409,6 +479,13 @@ def report(tag: str) -> None:
                   + "; per seed: " + ", ".join(f"{r:.1f}x" if r else "none" for r in per_seed))
             if series == "ssl":
                 ratios[data] = ratio
+    verdicts = claim_verdicts(rows)
+    if verdicts:
+        print(f"\npaired differences over seeds (first - second), 95% t-interval; verdict needs n >= {MIN_PAIRS}:")
+        for v in verdicts:
+            print(f"  {v['claim']:27s} {v['series']} {v['data']:13s} {v['protocol']:15s} {v['first']:>10s} - "
+                  f"{v['second']:<10s} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] n={v['n']} "
+                  f"{v['verdict']}")
     if ratios and all(ratios.values()):
         print(f"hpt steps-to-match speedup vs target: {min(ratios.values()):.1f}x")
     elif ratios:

@@ -1,0 +1,76 @@
+"""The reproduction's analysis (benchmarks/hpt_repro.py): the verdict rule and steps-to-match, on rows whose
+answer is worked out by hand here. These are what RESULTS.md reports, so they are tested like library code."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("hpt_repro", Path(__file__).parents[1] / "benchmarks" / "hpt_repro.py")
+hpt_repro = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(hpt_repro)
+
+
+def row(strategy, steps, seed, value, protocol="linear", series="ssl", data="animals"):
+    return dict(series=series, data=data, strategy=strategy, steps=steps, seed=seed, protocol=protocol, value=value)
+
+
+def pairs(first, second, values_first, values_second, **kw):
+    return ([row(*first, seed, v, **kw) for seed, v in enumerate(values_first)]
+            + [row(*second, seed, v, **kw) for seed, v in enumerate(values_second)])
+
+
+def test_consistent_gain_is_higher_with_the_t_interval_worked_by_hand():
+    rows = pairs(("hpt", 50), ("base", 0), [0.72, 0.73, 0.725], [0.70, 0.70, 0.70])
+    result = hpt_repro.paired_difference(rows, ("ssl", "animals", "hpt", 50, "linear"),
+                                         ("ssl", "animals", "base", 0, "linear"))
+    # differences 0.02, 0.03, 0.025: mean 0.025, sd 0.005, t(0.975, 2) = 4.3027
+    half = 4.302653 * 0.005 / math.sqrt(3)
+    assert result["n"] == 3 and result["mean"] == pytest.approx(0.025)
+    assert result["std"] == pytest.approx(0.005)
+    assert (result["low"], result["high"]) == pytest.approx((0.025 - half, 0.025 + half), abs=1e-6)
+    assert result["verdict"] == "higher"
+
+
+def test_a_gain_smaller_than_its_seed_noise_is_within_noise_and_a_loss_is_lower():
+    noisy = pairs(("hpt", 50), ("base", 0), [0.74, 0.69, 0.73], [0.70, 0.70, 0.70])
+    keys = (("ssl", "animals", "hpt", 50, "linear"), ("ssl", "animals", "base", 0, "linear"))
+    assert hpt_repro.paired_difference(noisy, *keys)["verdict"] == "within noise"
+    worse = pairs(("hpt", 50), ("base", 0), [0.68, 0.67, 0.675], [0.70, 0.70, 0.70])
+    assert hpt_repro.paired_difference(worse, *keys)["verdict"] == "lower"
+
+
+def test_only_seeds_both_sides_have_are_paired_and_fewer_than_three_pairs_is_pending():
+    rows = pairs(("hpt", 50), ("base", 0), [0.72, 0.73], [0.70, 0.70, 0.10])  # seed 2 has no HPT value
+    result = hpt_repro.paired_difference(rows, ("ssl", "animals", "hpt", 50, "linear"),
+                                         ("ssl", "animals", "base", 0, "linear"))
+    assert result["n"] == 2 and result["mean"] == pytest.approx(0.025) and result["verdict"] == "pending (n=2)"
+    assert hpt_repro.paired_difference(rows, ("ssl", "animals", "hpt", 150, "linear"),
+                                       ("ssl", "animals", "base", 0, "linear")) is None
+
+
+def test_claims_pair_hpt_bn_and_chains_with_hpt_at_the_same_steps_and_every_hpt_rung_with_base():
+    network = hpt_repro.NETWORKS["ssl"]
+    bn, chain = network["hptbn_steps"], network["chain_steps"]
+    rows = []
+    for seed in range(3):
+        rows += [row("base", 0, seed, 0.70), row("hptbn", bn, seed, 0.60), row("hpt", bn, seed, 0.70 + 0.01 * seed),
+                 row("chain:animals", chain, seed, 0.9, data="digits"), row("hpt", chain, seed, 0.5, data="digits")]
+        rows += [row("hpt", steps, seed, 0.8) for steps in network["hpt_ladder"] if steps != bn]
+    verdicts = {(v["claim"], v["data"], v["first"]): v for v in hpt_repro.claim_verdicts(rows)}
+    assert verdicts[("HPT-BN vs HPT (same steps)", "animals", f"hptbn {bn}")]["second"] == f"hpt {bn}"
+    assert verdicts[("HPT-BN vs HPT (same steps)", "animals", f"hptbn {bn}")]["verdict"] == "lower"
+    assert verdicts[("chain vs HPT (same steps)", "digits", f"chain:animals {chain}")]["verdict"] == "higher"
+    assert not any(v["claim"].startswith("chain") for v in verdicts.values() if v["data"] == "animals")  # no chain
+    hpt_vs_base = {v["first"] for v in verdicts.values() if v["claim"] == "HPT > Base" and v["data"] == "animals"}
+    assert hpt_vs_base == {f"hpt {steps}" for steps in network["hpt_ladder"]}
+
+
+def test_steps_to_match_reads_targets_best_and_the_first_hpt_rung_reaching_it():
+    curves = {("ssl", "animals", "target", 100, "linear"): 0.60, ("ssl", "animals", "target", 1000, "linear"): 0.70,
+              ("ssl", "animals", "target", 300, "linear"): 0.65, ("ssl", "animals", "hpt", 50, "linear"): 0.69,
+              ("ssl", "animals", "hpt", 150, "linear"): 0.71, ("ssl", "animals", "hpt", 500, "linear"): 0.72}
+    ratio, details = hpt_repro.steps_to_match(curves, "ssl", "animals")
+    assert ratio == pytest.approx(1000 / 150) and details["hpt_steps_to_match"] == 150
+    curves[("ssl", "animals", "target", 1000, "linear")] = 0.80  # HPT never gets there
+    assert hpt_repro.steps_to_match(curves, "ssl", "animals")[0] is None
