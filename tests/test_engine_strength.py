@@ -11,8 +11,8 @@ import torch
 
 from training import runfiles
 from training.config import ConfigError, resolve
-from training.engine import (_all_ranks_flags, _autocast, _SigtermFlag, apply_memory_format, check_base_arch,
-                             pick_device, pretrain)
+from training.engine import (_all_ranks_flags, _autocast, _SigtermFlag, apply_memory_format, augments_on_device,
+                             check_base_arch, ddp_device_ids, pick_device, pins_memory, pretrain)
 from training.optim import cosine_lr
 
 CONFIG = dict(method="moco", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, steps=5, lr=0.1,
@@ -116,6 +116,15 @@ def test_run_dir_refusals(finished_run, tmp_path):
     (other / "a.txt").write_text("x")
     with pytest.raises(ConfigError, match="is not empty and is not a training run; choose a new run directory"):
         pretrain(dict(config), other)
+
+
+def test_what_a_gpu_changes_is_decided_from_the_device_alone():
+    """The GPU-only choices, checked here without a GPU: a torch.device("cuda", 1) is only a description."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 1)
+    assert augments_on_device("auto", gpu) and not augments_on_device("auto", cpu)
+    assert augments_on_device(True, cpu) and not augments_on_device(False, gpu)
+    assert ddp_device_ids(gpu) == [gpu] and ddp_device_ids(cpu) is None
+    assert pins_memory(gpu) and not pins_memory(cpu)
 
 
 def test_device_and_precision_choices(monkeypatch):

@@ -155,6 +155,22 @@ def wants_channels_last(setting, device: torch.device, backbone: nn.Module, imag
     return image_size // stages[-1]["reduction"] >= 2
 
 
+def augments_on_device(setting, device: torch.device) -> bool:
+    """augment_device True/False as set; "auto": on CUDA only, where batched random ops on the GPU take the
+    per-image work off the loader (on CPU the loader's pipeline already does it with decode-aware crops)."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def ddp_device_ids(device: torch.device) -> list | None:
+    """DDP's device_ids: the process's one GPU on CUDA; None on CPU (gloo), where DDP refuses a list."""
+    return [device] if device.type == "cuda" else None
+
+
+def pins_memory(device: torch.device) -> bool:
+    """Page-locked loader batches only help host-to-GPU copies (non_blocking); on CPU they cost a copy."""
+    return device.type == "cuda"
+
+
 def apply_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
     if channels_last:
         module.to(memory_format=torch.channels_last)
@@ -305,7 +321,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
                                 groups=method.parameter_groups(config["weight_decay"], config["exclude_bn_bias"])
                                 if hasattr(method, "parameter_groups") else None)
     peak_lr = scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"], config["lr_reference_batch"])
-    on_device = config["augment_device"] is True or (config["augment_device"] == "auto" and device.type == "cuda")
+    on_device = augments_on_device(config["augment_device"], device)
     views = getattr(method, "views", 2)
     make_batches = getattr(method, "make_batches", StepBatches)
     if on_device:  # the loader only decodes + resizes; the random ops run batched on the device
@@ -341,7 +357,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
         from torch.nn.parallel import DistributedDataParallel
 
         method.set_runner(DistributedDataParallel(method.trainable_module(),
-                                                  device_ids=[device] if device.type == "cuda" else None))
+                                                  device_ids=ddp_device_ids(device)))
     if config["compile"]:
         method.set_runner(torch.compile(method._query_runner or method.query) if isinstance(method, MoCo)
                           else torch.compile(method._runner or method.trainable_module()))
@@ -350,7 +366,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     total = config["steps"]
     if start >= total:
         return last_good
-    loader = step_loader(batches, start, total, config["num_workers"], pin_memory=device.type == "cuda")
+    loader = step_loader(batches, start, total, config["num_workers"], pin_memory=pins_memory(device))
     method.train()
     from tqdm import tqdm
 
