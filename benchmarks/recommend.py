@@ -8,14 +8,20 @@ For each offline set (Fashion-MNIST, animals, digits) and the same candidates, s
 Kendall's tau-b between the two rankings per set, and the quick ranking's cost (load + embed + probe, in CPU
 seconds, summed) as a fraction of the full probe's (load + embed + probe).
 
-Candidates (MobileNetV2 family, any BN variant): the supervised ImageNet base and its animals BN
-variant, a randomly initialised control, and every zoo checkpoint folder found under --pool
-(default: what hpt_repro.py and target_ablation.py exported in benchmarks/_work/).
+Candidates, one family per run:
+- ``mnv2`` (the headline, fixed before any result): MobileNetV2 at 64 px, any BN variant: the supervised
+  ImageNet base and its animals BN variant, a randomly initialised control, and every zoo checkpoint folder
+  found under --pool (default: what hpt_repro.py and target_ablation.py exported in benchmarks/_work/).
+  Nine of them turned out to be collapsed MoCo runs whose full-probe scores are within noise of each other.
+- ``r18c``: the ResNet-18 (3x3 stem, 1 gray channel) at 28 px: a randomly initialised control, the
+  self-supervised Fashion-MNIST base and every checkpoint the hpt_repro ssl series exported from it (Base-BN,
+  HPT, HPT-BN, chain and Target rungs): distinct checkpoints of one family, as a user's shortlist would be.
 
     python benchmarks/recommend.py                      # resumable: full-probe rows are cached
-    python benchmarks/recommend.py --report
+    python benchmarks/recommend.py --family r18c
+    python benchmarks/recommend.py --report             # every family; the mnv2 headline last
 
-Results: benchmarks/results/recommend.json.
+Results: benchmarks/results/recommend.json (mnv2), recommend.r18c.json.
 """
 from __future__ import annotations
 
@@ -32,6 +38,9 @@ WORK = HERE / "_work" / "recommend"
 SETS = ("fashion_mnist", "animals", "digits")
 PUBLISHED = ("sup-imagenet-mnv2", "base-animals-mnv2")
 FULL_PROBE = {"train_images": 3000, "eval_images": 1000, "iterations": 1000, "lrs": (0.3, 3.0, 30.0)}
+# family -> the input every candidate is probed at (both probes) and where its results go
+FAMILIES = {"mnv2": {"image_size": 64, "crop_pct": 1.0, "results": RESULTS},
+            "r18c": {"image_size": 28, "crop_pct": None, "results": RESULTS.with_name("recommend.r18c.json")}}
 
 
 def kendall_tau_b(first: list[float], second: list[float]) -> float:
@@ -73,6 +82,37 @@ def random_control() -> Path:
     return folder
 
 
+def random_r18c() -> Path:
+    """A randomly initialised gray ResNet-18 (3x3 stem) in the zoo format, with Fashion-MNIST's statistics
+    (what a run from scratch on it normalises with), the floor of the ranking."""
+    import torch
+
+    from training.data import open_source
+    from training.models import build_backbone
+    from training.views import input_spec
+    from zoo.checkpoint import timm_config, write_checkpoint
+
+    folder = WORK / "random-r18c"
+    if not (folder / "zoo.json").exists():
+        torch.manual_seed(0)
+        backbone = build_backbone("r18c", 1)
+        spec = input_spec(open_source("fashion_mnist", "train").domain, 1, 28)
+        write_checkpoint(folder, backbone.module.state_dict(),
+                         timm_config(backbone.timm_arch, 0, backbone.num_features, spec.pretrained_cfg(),
+                                     backbone.model_args),
+                         {"name": "random-r18c", "strategy": "random", "method": "none", "domain": "none",
+                          "lineage": []})
+    return folder
+
+
+def r18c_candidates() -> list[str]:
+    """The random control, the ssl base and every export of hpt_repro's ssl series (not its raw runs)."""
+    work = HERE / "_work" / "hpt2" / "full"
+    found = [random_r18c(), *sorted(work.glob("ssl_base_r18c/moco-*/zoo.json"))]
+    found += sorted(work.glob("ssl-r18c/*/base_bn/zoo.json")) + sorted(work.glob("ssl-r18c/*/seed*/*/zoo.json"))
+    return [str(path.parent if path.name == "zoo.json" else path) for path in found]
+
+
 def export_ablation_runs() -> list[Path]:
     """Each finished target_ablation run, exported once (its final step) so it can be a candidate."""
     from training import runfiles
@@ -104,7 +144,7 @@ def candidates(pool: Path) -> list[str]:
     return found
 
 
-def full_probe(name: str, data: str, sets) -> dict:
+def full_probe(name: str, data: str, sets, family: dict) -> dict:
     import zoo
     from training.evaluate import linear_eval
     from training.views import input_spec
@@ -113,7 +153,7 @@ def full_probe(name: str, data: str, sets) -> dict:
     model = zoo.load(name)
     cfg = zoo.info(name)["pretrained_cfg"]
     loaded = time.perf_counter()
-    spec = input_spec(sets[0].domain, "auto", 64, base_cfg=cfg, crop_pct=1.0)
+    spec = input_spec(sets[0].domain, "auto", family["image_size"], base_cfg=cfg, crop_pct=family["crop_pct"])
     record = linear_eval(model, *sets, spec, data, **FULL_PROBE)
     return {"value": record["value"], "lr": record["lr"], "load_s": loaded - start,
             "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
@@ -124,16 +164,18 @@ def main() -> int:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--sample", type=int, default=200, help="recommend's sample (stratified, train split)")
     parser.add_argument("--pool", default=str(HERE / "_work"), help="folder searched for zoo checkpoint folders")
+    parser.add_argument("--family", choices=tuple(FAMILIES), default="mnv2", help="the candidates' family")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--quick", action="store_true", help="digits only, tiny probe, separate JSON: a smoke check")
     args = parser.parse_args()
-    global RESULTS
+    family = FAMILIES[args.family]
+    results_path = family["results"]
     if args.quick:
-        RESULTS = RESULTS.with_name("recommend.quick.json")
+        results_path = results_path.with_name(results_path.stem + ".quick.json")
         FULL_PROBE.update(train_images=300, eval_images=100, iterations=100)
         args.sets, args.sample = "digits", 60
     if args.report:
-        report(args.sample)
+        report(args.sample, args.quick)
         return 0
     import torch
 
@@ -146,19 +188,19 @@ def main() -> int:
     from training.data import open_source
     from training.runfiles import atomic_write_bytes
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"full": [], "quick": []}
-    names = candidates(Path(args.pool))
+    results = json.loads(results_path.read_text()) if results_path.exists() else {"full": [], "quick": []}
+    names = candidates(Path(args.pool)) if args.family == "mnv2" else r18c_candidates()
     print(f"{len(names)} candidates: {names}", flush=True)
 
     def save():
-        atomic_write_bytes(RESULTS, json.dumps(results, indent=1).encode())
+        atomic_write_bytes(results_path, json.dumps(results, indent=1).encode())
 
     for data in args.sets.split(","):
         sets = tuple(open_source(data, split) for split in ("train", "val", "test"))
         for name in names:
             if any(r["data"] == data and r["name"] == name for r in results["full"]):
                 continue
-            row = {"data": data, "name": name, **full_probe(name, data, sets)}
+            row = {"data": data, "name": name, **full_probe(name, data, sets, family)}
             results["full"].append(row)
             save()
             print(f"  full  {data:14s} {row['value']:.4f} {row['seconds']:6.1f} s  {name}", flush=True)
@@ -166,22 +208,32 @@ def main() -> int:
         images = train._array[:, :, :, 0] if train._array is not None else [train.image(i) for i in range(len(train))]
         cpu = time.process_time()
         ranking = zoo.recommend((images, train.labels()), candidates=names, budget_s=None, sample=args.sample,
-                                image_size=64, crop_pct=1.0)
+                                image_size=family["image_size"], crop_pct=family["crop_pct"])
         cpu = time.process_time() - cpu
         results["quick"] = [r for r in results["quick"] if not (r["data"] == data and r["sample"] == args.sample)]
         results["quick"].append({"data": data, "sample": args.sample, "rows": ranking.rows,
                                  "skipped": ranking.skipped, "seconds": ranking.seconds, "cpu_s": cpu})
         save()
         print(str(ranking), flush=True)
-    report(args.sample)
+    report(args.sample, args.quick)
     return 0
 
 
-def report(headline_sample: int = 200) -> None:
-    """Per data set and recommend sample size: tau and cost; the last line is the headline sample's summary
-    (the default, 200, fixed before any result; other sizes are printed above it as the cost/accuracy trade-off)."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"full": [], "quick": []}
+def report(headline_sample: int = 200, quick: bool = False) -> None:
+    """Every family with results (mnv2, the headline, last); per data set and recommend sample size: tau and cost.
+    The last line is the mnv2 headline sample's summary (sample 200 and the mnv2 pool were fixed before any
+    result; other sizes and the r18c pool are printed above it)."""
+    for family in sorted(FAMILIES, key=lambda f: f == "mnv2"):
+        path = FAMILIES[family]["results"]
+        path = path.with_name(path.stem + ".quick.json") if quick else path
+        if path.exists() or family == "mnv2":
+            report_family(path, family, headline_sample)
+
+
+def report_family(path: Path, family: str, headline_sample: int) -> None:
+    results = json.loads(path.read_text()) if path.exists() else {"full": [], "quick": []}
     summaries = {}
+    print(f"== {family} pool ({path.name})")
     for entry in sorted(results["quick"], key=lambda e: (e["sample"], e["data"])):
         data = entry["data"]
         full = {r["name"]: r for r in results["full"] if r["data"] == data}
@@ -201,15 +253,23 @@ def report(headline_sample: int = 200) -> None:
               f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%)")
         print(f"  {'quick':>6} {'full':>6}  candidate")
         for r in sorted(rows, key=lambda r: -full[r["name"]]["value"]):
-            print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {Path(r['name']).name}")
+            print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {short_name(r['name'])}")
     print()
-    for sample in sorted(summaries, key=lambda s: (s == headline_sample, s)):  # the headline last
+    headline = family == "mnv2"
+    for sample in sorted(summaries, key=lambda s: (headline and s == headline_sample, s)):  # the headline last
         taus, quick_cost, full_cost = summaries[sample]
-        suffix = "" if sample == headline_sample else f" (sample {sample})"
+        suffix = "" if headline and sample == headline_sample else f" ({family} pool, sample {sample})"
         print(f"recommend kendall tau vs full probe{suffix}: {sum(taus) / len(taus):.2f} at "
               f"{100 * quick_cost / full_cost:.1f}% of its cost ({len(taus)} data sets)")
-    if headline_sample not in summaries:
+    if headline and headline_sample not in summaries:
         print("recommend kendall tau vs full probe: n/a (no complete data set yet)")
+
+
+def short_name(name: str) -> str:
+    """A candidate's name, with its seed folder for the series' per-seed exports (hpt_50 of seed 0 vs 1)."""
+    path = Path(name)
+    return f"{path.parent.name}/{path.name}" if path.parent.name.startswith("seed") else path.name
+
 
 if __name__ == "__main__":
     sys.exit(main())
