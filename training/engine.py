@@ -152,7 +152,7 @@ def wants_channels_last(setting, device: torch.device, backbone: nn.Module, imag
     if device.type == "cuda":
         return True
     stages = getattr(backbone, "feature_info", None) or [{"reduction": 32}]
-    return image_size // stages[-1]["reduction"] >= 2
+    return image_size >= 2 * stages[-1]["reduction"]  # the last map is at least 2x2
 
 
 def augments_on_device(setting, device: torch.device) -> bool:
