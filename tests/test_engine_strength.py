@@ -360,6 +360,8 @@ def test_a_resumed_runs_progress_bar_starts_at_the_resumed_step(finished_run, tm
     bar = capsys.readouterr().err
     assert "moco fashion_mnist" in bar and " 5/6 " in bar and " 0/6 " not in bar
     assert [step for step, _ in runfiles.list_checkpoints(copy)] == [5, 6]
+    last = [r for r in runfiles.read_metrics(copy) if r.get("step") == 6 and "loss" in r][-1]
+    assert f"loss={last['loss']:.3f}" in bar and f"lr={last['lr']:.3g}" in bar  # the bar shows the logged row
 
 
 def test_sigterm_mid_run_checkpoints_the_finished_step_and_raises_preempted(tmp_path):
