@@ -4,6 +4,7 @@ the small device/precision/signal helpers."""
 from __future__ import annotations
 
 import math
+import re
 import signal
 
 import pytest
@@ -418,5 +419,7 @@ def test_a_run_from_an_exported_backbone_starts_from_its_weights(finished_run, t
     assert backbone and all(torch.equal(v, exported[f"query.{k}"]) for k, v in backbone.items()
                             if not k.endswith("num_batches_tracked"))
     assert all(torch.equal(query[k], key[k]) for k in query)  # the key encoder: a copy, heads included
-    with pytest.raises(ConfigError, match="arch 'r50' was asked for, but the base"):
-        prepare(resolve({}, dict(CONFIG, arch="r50", init=str(folder), knn_every=0)))
+    with pytest.raises(ConfigError, match=f"arch 'r50' was asked for, but the base {re.escape(str(folder))} is"):
+        prepare(resolve({}, dict(CONFIG, arch="r50", init=str(folder), knn_every=0)))  # names the base given
+    # the run's crop_pct wins over the base's (1.0 at export) and over the domain's default
+    assert prepare(resolve({}, dict(base, crop_pct=0.5))).spec.crop_pct == 0.5
