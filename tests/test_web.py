@@ -315,6 +315,23 @@ def test_script_payloads_do_not_run(served, browser):
     assert browser.execute_script("return document.querySelectorAll('script').length") == 1  # only app.js
 
 
+def _open_styled(browser, url: str, path: str, root) -> None:
+    """Open a page and wait (10 s at most) until style.css applies, else fail saying what the page loaded.
+    The colours below are read from computed styles: read before the sheet applies, they are the browser's
+    unstyled defaults (transparent on black), which once failed the contrast check under CI load."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + path)
+    styled = "return getComputedStyle(document.querySelector('main')).maxWidth === '1100px'"
+    try:
+        WebDriverWait(browser, 10, poll_frequency=0.1).until(lambda b: b.execute_script(styled))
+    except Exception:
+        loaded = browser.execute_script("return performance.getEntriesByType('resource').map("
+                                        "e => [e.name, e.responseStatus, e.transferSize, e.duration])")
+        pytest.fail(f"{path}: style.css not applied after 10 s; resources {loaded}; server log: "
+                    f"{(Path(root).parent / 'serve.log').read_text()[-2000:]}")
+
+
 def test_readable_at_phone_width_and_in_dark_mode(served, browser):
     from selenium.webdriver.common.by import By
 
@@ -323,10 +340,7 @@ def test_readable_at_phone_width_and_in_dark_mode(served, browser):
                             {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
     try:
         for path in ("/", f"/models/{repos['hpt-digits-from-animals-mnv2']}.html", "/domains/animals.html"):
-            browser.get(url + path)
-            styled = browser.execute_script("return getComputedStyle(document.querySelector('main')).maxWidth")
-            assert styled == "1100px", f"{path}: style.css not applied; server log: " \
-                                       f"{(Path(root).parent / 'serve.log').read_text()[-2000:]}"
+            _open_styled(browser, url, path, root)
             width, overflowing, wide = browser.execute_script(
                 "const w = document.documentElement.clientWidth; const out = e => e.getBoundingClientRect().right > w + 0.5;"
                 "const all = Array.from(document.querySelectorAll('body *'));"
@@ -343,7 +357,7 @@ def test_readable_at_phone_width_and_in_dark_mode(served, browser):
     for scheme in ("light", "dark"):
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
                                 {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
-        browser.get(url + "/")
+        _open_styled(browser, url, "/", root)
         colours[scheme] = browser.execute_script(
             "const s = getComputedStyle(document.body); return [s.backgroundColor, s.color]")
         link = browser.find_element(By.CSS_SELECTOR, "#models a")
