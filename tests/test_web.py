@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -377,6 +378,19 @@ def test_readable_at_phone_width_and_in_dark_mode(served, browser):
         assert contrast(background, text) >= 7, (scheme, colours[scheme])  # WCAG AAA for body text
         assert contrast(background, colours[scheme + "-link"]) >= 4.5, (scheme, colours)
     assert luminance(colours["dark"][0]) < 0.05 < luminance(colours["light"][0])
+
+
+def test_a_missing_page_is_a_404_that_the_server_log_names(served):
+    url, _, root, _ = served
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(url + "/models/no-such-page%0A.html")
+    assert error.value.code == 404
+    deadline = time.time() + 10
+    while "no-such-page" not in (Path(root).parent / "serve.log").read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "'/models/no-such-page%0A.html' code 404" in (Path(root).parent / "serve.log").read_text()
+    # every page names its icon, so a browser's visit logs no /favicon.ico miss
+    assert "/favicon.ico" not in (Path(root).parent / "serve.log").read_text()
 
 
 def test_publish_while_serving_appears_on_reload(served):

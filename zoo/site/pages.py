@@ -117,6 +117,7 @@ def page(title: str, body: str, depth: int) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta name="color-scheme" content="light dark">'
             f'<title>{esc(title)}</title><link rel="stylesheet" href="{up}static/style.css">'
+            f'<link rel="icon" type="image/svg+xml" href="{up}static/icon.svg">'
             f'<script src="{up}static/app.js" defer></script></head><body>'
             f'<header class="top"><a class="brand" href="{up}index.html">hpt-zoo</a>'
             f'<nav><a href="{up}index.html">Models</a> <a href="{up}domains/index.html">Domains</a></nav></header>'

@@ -41,8 +41,9 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, format, *args):  # quiet: `zoo serve` prints its own one line
         pass
 
-    def log_error(self, format, *args):  # but failures are said
-        sys.stderr.write(f"zoo serve: web catalog: {self.address_string()} {format % args}\n")
+    def log_error(self, format, *args):  # but failures are said, with the path asked for (escaped: it is the client's)
+        asked = ascii(getattr(self, "path", "?")[:200])
+        sys.stderr.write(f"zoo serve: web catalog: {self.address_string()} {asked} {format % args}\n")
 
 
 class SiteServer(ThreadingHTTPServer):
