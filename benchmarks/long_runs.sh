@@ -1,0 +1,25 @@
+#!/bin/bash
+# Start (or resume) the long CPU runs of issues 12 and 13 in the background, one per core, at one thread and
+# nice 5; each run continues from its last checkpoint and skips finished points. Logs: benchmarks/_work/logs/.
+#   core 1: quality_fashion's remaining rows (PIC, rotation, distill, selftrain, selftrain from the SSL init),
+#           then the supervised-base HPT series
+#   core 2: the self-supervised-base HPT series
+# Then `python benchmarks/hpt_repro.py --report` / `python benchmarks/quality_fashion.py --help` for the results.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD OMP_NUM_THREADS=1
+python=${PYTHON:-.venv/bin/python}
+logs=benchmarks/_work/logs
+mkdir -p "$logs"
+quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-test 5000 --budget-reference moco --update"
+(
+  for method in pic rotation distill selftrain; do
+    nice -n 5 $python $quality --methods $method || echo "long_runs: quality_fashion $method failed"
+  done
+  nice -n 5 $python $quality --methods selftrain --selftrain-init benchmarks/_work/quality_fashion/moco-init/export \
+    || echo "long_runs: quality_fashion selftrain from the SSL init failed"
+  nice -n 5 $python benchmarks/hpt_repro.py --series sup || echo "long_runs: hpt_repro sup failed"
+) >> "$logs/core1.log" 2>&1 &
+echo "core 1: pid $! (log $logs/core1.log)"
+nice -n 5 $python benchmarks/hpt_repro.py --series ssl >> "$logs/core2.log" 2>&1 &
+echo "core 2: pid $! (log $logs/core2.log)"
