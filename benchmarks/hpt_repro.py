@@ -449,8 +449,9 @@ def report(tag: str) -> None:
     name = "hpt_repro" if tag == "full" else f"hpt_repro.{tag}"
     table = [{"series": k[0], "data": k[1], "strategy": k[2], "steps": k[3], "protocol": k[4], **v}
              for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))]
+    verdicts = claim_verdicts(rows)
     (RESULTS / f"{name}.summary.json").write_text(json.dumps({"points": table, "ssl_base_knn": curve,
-                                                          "verdicts": claim_verdicts(rows)}, indent=1))
+                                                          "verdicts": verdicts}, indent=1))
     plot(summary, RESULTS / f"{name}.png")
     ratios = {}
     for series, data in sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1])):
@@ -479,7 +480,6 @@ def report(tag: str) -> None:
                   + "; per seed: " + ", ".join(f"{r:.1f}x" if r else "none" for r in per_seed))
             if series == "ssl":
                 ratios[data] = ratio
-    verdicts = claim_verdicts(rows)
     if verdicts:
         print(f"\npaired differences over seeds (first - second), 95% t-interval; verdict needs n >= {MIN_PAIRS}:")
         for v in verdicts:

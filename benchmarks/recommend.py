@@ -63,54 +63,61 @@ def kendall_tau_b(first: list[float], second: list[float]) -> float:
     return (concordant - discordant) / denominator if denominator else float("nan")
 
 
-def random_control() -> Path:
-    """A randomly initialised MobileNetV2 in the zoo format (ImageNet statistics), the floor of the ranking."""
+def random_checkpoint(name: str, make) -> Path:
+    """A randomly initialised control in the zoo format (seed 0), written once: make() -> (state_dict, timm config)."""
     import torch
 
-    from zoo.build import create_model
-    from zoo.checkpoint import timm_config, write_checkpoint
+    from zoo.checkpoint import write_checkpoint
 
-    folder = WORK / "random-mnv2"
+    folder = WORK / name
     if not (folder / "zoo.json").exists():
         torch.manual_seed(0)
-        model = create_model("mobilenetv2_100", 0)
+        state, config = make()
+        write_checkpoint(folder, state, config, {"name": name, "strategy": "random", "method": "none",
+                                                 "domain": "none", "lineage": []})
+    return folder
+
+
+def random_control() -> Path:
+    """A randomly initialised MobileNetV2 (ImageNet statistics), the floor of the mnv2 ranking."""
+    def make():
+        from zoo.build import create_model
+        from zoo.checkpoint import timm_config
+
         cfg = {"input_size": (3, 64, 64), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                "interpolation": "bilinear", "crop_pct": 1.0}
-        write_checkpoint(folder, model.state_dict(), timm_config("mobilenetv2_100", 0, 1280, cfg),
-                         {"name": "random-mnv2", "strategy": "random", "method": "none", "domain": "none",
-                          "lineage": []})
-    return folder
+        return create_model("mobilenetv2_100", 0).state_dict(), timm_config("mobilenetv2_100", 0, 1280, cfg)
+    return random_checkpoint("random-mnv2", make)
 
 
 def random_r18c() -> Path:
-    """A randomly initialised gray ResNet-18 (3x3 stem) in the zoo format, with Fashion-MNIST's statistics
-    (what a run from scratch on it normalises with), the floor of the ranking."""
-    import torch
+    """A randomly initialised gray ResNet-18 (3x3 stem) with Fashion-MNIST's statistics (what a run from scratch
+    on it normalises with), the floor of the r18c ranking."""
+    def make():
+        from training.data import open_source
+        from training.models import build_backbone
+        from training.views import input_spec
+        from zoo.checkpoint import timm_config
 
-    from training.data import open_source
-    from training.models import build_backbone
-    from training.views import input_spec
-    from zoo.checkpoint import timm_config, write_checkpoint
-
-    folder = WORK / "random-r18c"
-    if not (folder / "zoo.json").exists():
-        torch.manual_seed(0)
         backbone = build_backbone("r18c", 1)
         spec = input_spec(open_source("fashion_mnist", "train").domain, 1, 28)
-        write_checkpoint(folder, backbone.module.state_dict(),
-                         timm_config(backbone.timm_arch, 0, backbone.num_features, spec.pretrained_cfg(),
-                                     backbone.model_args),
-                         {"name": "random-r18c", "strategy": "random", "method": "none", "domain": "none",
-                          "lineage": []})
-    return folder
+        return backbone.module.state_dict(), timm_config(backbone.timm_arch, 0, backbone.num_features,
+                                                         spec.pretrained_cfg(), backbone.model_args)
+    return random_checkpoint("random-r18c", make)
 
 
 def r18c_candidates() -> list[str]:
     """The random control, the ssl base and every export of hpt_repro's ssl series (not its raw runs)."""
     work = HERE / "_work" / "hpt2" / "full"
-    found = [random_r18c(), *sorted(work.glob("ssl_base_r18c/moco-*/zoo.json"))]
-    found += sorted(work.glob("ssl-r18c/*/base_bn/zoo.json")) + sorted(work.glob("ssl-r18c/*/seed*/*/zoo.json"))
-    return [str(path.parent if path.name == "zoo.json" else path) for path in found]
+    exports = (sorted(work.glob("ssl_base_r18c/moco-*/zoo.json")) + sorted(work.glob("ssl-r18c/*/base_bn/zoo.json"))
+               + sorted(work.glob("ssl-r18c/*/seed*/*/zoo.json")))
+    return [str(random_r18c()), *(str(meta.parent) for meta in exports)]
+
+
+def results_file(family: str, quick: bool) -> Path:
+    """Where a family's results go; --quick smoke runs write beside them (git-ignored)."""
+    path = FAMILIES[family]["results"]
+    return path.with_name(path.stem + ".quick.json") if quick else path
 
 
 def export_ablation_runs() -> list[Path]:
@@ -169,9 +176,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="digits only, tiny probe, separate JSON: a smoke check")
     args = parser.parse_args()
     family = FAMILIES[args.family]
-    results_path = family["results"]
+    results_path = results_file(args.family, args.quick)
     if args.quick:
-        results_path = results_path.with_name(results_path.stem + ".quick.json")
         FULL_PROBE.update(train_images=300, eval_images=100, iterations=100)
         args.sets, args.sample = "digits", 60
     if args.report:
@@ -224,8 +230,7 @@ def report(headline_sample: int = 200, quick: bool = False) -> None:
     The last line is the mnv2 headline sample's summary (sample 200 and the mnv2 pool were fixed before any
     result; other sizes and the r18c pool are printed above it)."""
     for family in sorted(FAMILIES, key=lambda f: f == "mnv2"):
-        path = FAMILIES[family]["results"]
-        path = path.with_name(path.stem + ".quick.json") if quick else path
+        path = results_file(family, quick)
         if path.exists() or family == "mnv2":
             report_family(path, family, headline_sample)
 

@@ -385,12 +385,12 @@ def test_a_missing_page_is_a_404_that_the_server_log_names(served):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(url + "/models/no-such-page%0A.html")
     assert error.value.code == 404
-    deadline = time.time() + 10
-    while "no-such-page" not in (Path(root).parent / "serve.log").read_text() and time.time() < deadline:
+    log, deadline = Path(root).parent / "serve.log", time.time() + 10
+    while "no-such-page" not in log.read_text() and time.time() < deadline:
         time.sleep(0.1)
-    assert "'/models/no-such-page%0A.html' code 404" in (Path(root).parent / "serve.log").read_text()
-    # every page names its icon, so a browser's visit logs no /favicon.ico miss
-    assert "/favicon.ico" not in (Path(root).parent / "serve.log").read_text()
+    said = log.read_text()
+    assert "'/models/no-such-page%0A.html' code 404" in said
+    assert "/favicon.ico" not in said  # every page names its icon, so a browser's visit logs no /favicon.ico miss
 
 
 def test_publish_while_serving_appears_on_reload(served):
