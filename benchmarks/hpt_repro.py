@@ -136,11 +136,20 @@ def spec_for(checkpoint_cfg: dict | None, domain, network: dict):
                       crop_pct=network["crop_pct"])
 
 
+def linear_point(model, splits: dict, spec, target: str, seed: int, protocol: dict) -> dict:
+    from training.evaluate import linear_eval
+
+    options = protocol["linear"]
+    return linear_eval(model, splits["train"], splits["val"], splits["test"], spec, target,
+                       train_images=options["train_images"], eval_images=options["eval_images"],
+                       lrs=options["lrs"], iterations=options["iterations"], seed=seed)
+
+
 def evaluate(results: Results, series: str, target: str, strategy: str, steps: int, seed: int, make_model,
              checkpoint_cfg: dict | None, protocol: dict, semi: bool = True) -> None:
     network = network_of(series, protocol)
     from training.data import open_source
-    from training.evaluate import finetune_eval, linear_eval
+    from training.evaluate import finetune_eval
 
     key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=network["arch"])
     todo = [p for p in ("linear", "semi_supervised") if (p == "linear" or semi) and not results.has(protocol=p, **key)]
@@ -150,10 +159,7 @@ def evaluate(results: Results, series: str, target: str, strategy: str, steps: i
     spec = spec_for(checkpoint_cfg, splits["train"].domain, network)
     if "linear" in todo:
         start = time.time()
-        options = protocol["linear"]
-        record = linear_eval(make_model(), splits["train"], splits["val"], splits["test"], spec, target,
-                             train_images=options["train_images"], eval_images=options["eval_images"],
-                             lrs=options["lrs"], iterations=options["iterations"], seed=seed)
+        record = linear_point(make_model(), splits, spec, target, seed, protocol)
         results.add({**key, "protocol": "linear", "metric": record["metric"], "value": record["value"],
                      "lr": record["lr"], "val": record["val_score"], "mean": list(spec.mean),
                      "seconds": time.time() - start})
@@ -214,16 +220,62 @@ def ssl_base(protocol: dict, tag: str) -> Path:
     name = format_name(ModelName("moco", "fashion_mnist", arch, steps=steps))
     exports = ladder_run(work / "run", lambda s: work / f"moco-fashion_mnist-{arch}-{s}", overrides, "fashion_mnist",
                          None, (steps,), lambda s: name, network)
+    check_base_identity(exports[steps], protocol, tag)
     return exports[steps]
 
 
+def base_record_path(tag: str) -> Path:
+    return RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}ssl_base.json"
+
+
+def check_base_identity(export: Path, protocol: dict, tag: str) -> None:
+    """Every committed ssl point was measured on one base, but benchmarks/_work is not in git: a new checkout
+    retrains the base from its recipe (seeded, one thread), and it must come out bit-identical or the points
+    of later seeds would pair with a different base than the earlier ones. The committed record keeps the base's
+    weights sha256 (and its kNN curve); a base rebuilt before a record existed is checked against the committed
+    Base linear point instead (the same probe on the same weights gives the same value)."""
+    import zoo
+    from training.data import open_source
+
+    sha = json.loads((export / "zoo.json").read_text())["weights"]["model.safetensors"]["sha256"]
+    path = base_record_path(tag)
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded["sha256"] != sha:
+            raise SystemExit(f"the rebuilt ssl base {export} (sha256 {sha[:12]}...) is not the one the committed points "
+                             f"were measured on ({recorded['sha256'][:12]}..., {path}); training is not reproducible "
+                             "here (another torch version or thread count?): use that environment, or move the "
+                             "ssl results aside and start the series again")
+        return
+    checked = None
+    rows = [r for r in load_rows(tag) if r["series"] == "ssl" and r["strategy"] == "base" and r["protocol"] == "linear"]
+    if rows:
+        row = min(rows, key=lambda r: (r["seed"], r["data"]))
+        splits = {s: open_source(row["data"], s, row["data"]) for s in ("train", "val", "test")}
+        spec = spec_for(zoo.info(str(export))["pretrained_cfg"], splits["train"].domain, network_of("ssl", protocol))
+        value = linear_point(zoo.load(str(export)), splits, spec, row["data"], row["seed"], protocol)["value"]
+        if abs(value - row["value"]) > 1e-6:
+            raise SystemExit(f"the rebuilt ssl base {export} gives Base linear {value:.6f} on {row['data']} (seed "
+                             f"{row['seed']}), the committed point says {row['value']:.6f}: it is not the base the "
+                             "committed ssl points were measured on; move those results aside and start again")
+        checked = {"data": row["data"], "seed": row["seed"], "linear": value}
+    from training.runfiles import atomic_write_bytes
+
+    record = {"name": export.name, "sha256": sha, "knn_top1": base_knn_curve(tag), "checked_against_base_point": checked}
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    print(f"ssl base {export.name}: sha256 {sha[:12]}... recorded in {path}" +
+          (f" (Base linear on {checked['data']} reproduced: {checked['linear']:.4f})" if checked else ""), flush=True)
+
+
 def base_knn_curve(tag: str) -> list:
+    """The base run's kNN monitor; from the committed record when the run folder is gone (a new checkout)."""
     from training import runfiles
 
     run = ssl_base_dir(tag, NETWORKS["ssl"]["arch"]) / "run"
-    if not run.exists():
-        return []
-    return [(r["step"], r["knn_top1"]) for r in runfiles.read_metrics(run) if "knn_top1" in r]
+    if run.exists():
+        return [(r["step"], r["knn_top1"]) for r in runfiles.read_metrics(run) if "knn_top1" in r]
+    record = base_record_path(tag)
+    return [tuple(p) for p in json.loads(record.read_text())["knn_top1"]] if record.exists() else []
 
 
 def run_point(series: str, target: str, seed: int, base: str, protocol: dict, tag: str) -> None:
@@ -256,8 +308,13 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
 
     evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
+
+    def missing(strategy: str, steps: int) -> bool:  # the exports live in _work, which a new checkout lacks:
+        key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=arch)  # retrain
+        return not all(results.has(protocol=p, **key) for p in ("linear", "semi_supervised"))  # only if needed
+
     base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
-    if not (base_bn / "zoo.json").exists():
+    if missing("base_bn", 0) and not (base_bn / "zoo.json").exists():
         hpt.run(hpt.recipe("base", target, arch, base=base), base_bn,
                 overrides={"image_size": network["resolution"], "crop_pct": network["crop_pct"]})
     evaluate(results, series, target, "base_bn", 0, seed, lambda: zoo.load(base_bn), base_cfg, protocol)
@@ -268,7 +325,7 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
             hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=moco_overrides(network, steps, seed, **extra))
         return out
 
-    for steps in network["hpt_ladder"]:
+    for steps in filter(lambda steps: missing("hpt", steps), network["hpt_ladder"]):
         out = trained("hpt", steps, work / f"seed{seed}" / f"hpt_{steps}")
         evaluate(results, series, target, "hpt", steps, seed, lambda: zoo.load(out), base_cfg, protocol)
     out = trained("hptbn", network["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{network['hptbn_steps']}",
@@ -282,6 +339,8 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
         evaluate(results, series, target, f"chain:{source}", network["chain_steps"], seed, lambda: zoo.load(out),
                  base_cfg, protocol)
     ladder = network["target_ladder"]
+    if not any(missing("target", steps) for steps in ladder):
+        return
     seed_dir = work / f"seed{seed}"
     exports = ladder_run(seed_dir / "target_run", lambda s: seed_dir / f"target_{s}",
                          moco_overrides(network, ladder[-1], seed, checkpoint_every=math.gcd(*ladder),

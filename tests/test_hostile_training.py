@@ -181,3 +181,49 @@ def test_numbers_are_parsed_as_a_user_means_them(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("lr: 1e-3\nweight_decay: 1e-4\n")
     assert read_recipe(recipe) == {"lr": 1e-3, "weight_decay": 1e-4}
+
+
+# one trainer per run directory ----------------------------------------------------------------------------------
+
+def test_a_second_trainer_on_a_run_being_trained_is_refused_and_changes_nothing(run, tmp_path):
+    """The same command started twice (two schedulers, a resume while the run is still going) would interleave
+    checkpoints and metrics; the second is refused at once by the CLI with the fix, the run left as it was."""
+    before = {path.name: path.read_bytes() for path in sorted((run / runfiles.CHECKPOINT_DIR).iterdir())}
+    metrics = (run / runfiles.METRICS_FILE).read_bytes()
+    with runfiles.sole_trainer(run):  # the other trainer, holding the lock
+        with pytest.raises(runfiles.RunInUseError, match="being trained by another process.*rerun to resume"):
+            pretrain(small(steps=6), run)
+        cli = subprocess.run([sys.executable, "-m", "training", "pretrain", "--run", str(run), "--data",
+                              "fashion_mnist", "--arch", "r18", "--steps", "6", "--batch-size", "32", "--image-size",
+                              "32", "--no-progress"], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode != 0 and "being trained by another process" in cli.stderr, cli.stderr[-800:]
+    assert {path.name: path.read_bytes() for path in sorted((run / runfiles.CHECKPOINT_DIR).iterdir())} == before
+    assert (run / runfiles.METRICS_FILE).read_bytes() == metrics
+    # the lock goes with its holder: the run resumes afterwards, and a lock file left by a killed process
+    # (the OS dropped its lock) does not block either
+    (run / runfiles.LOCK_FILE).write_text("")
+    pretrain(small(steps=6), run)
+    assert runfiles.latest_checkpoint(run)[0] == 6
+
+
+def test_a_linked_lock_file_is_refused_without_touching_its_target(run, tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (run / runfiles.LOCK_FILE).unlink()  # the finished run's own lock file (filelock leaves it; it holds nothing)
+    (run / runfiles.LOCK_FILE).symlink_to(target)
+    with pytest.raises(RunFileError, match="symbolic link; remove the link"):
+        pretrain(small(steps=6), run)
+    assert target.read_text() == "keep me"
+
+
+def test_a_fresh_run_refused_before_writing_leaves_no_folder(tmp_path):
+    run = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with runfiles.sole_trainer(run):
+            assert (run / runfiles.LOCK_FILE).exists()
+            raise RuntimeError("refused before the first write")
+    assert not run.exists()
+    with runfiles.sole_trainer(run):  # a folder that held only the lock counts as empty: the run starts in it
+        pass
+    pretrain(small(steps=1), run)
+    assert runfiles.latest_checkpoint(run)[0] == 1

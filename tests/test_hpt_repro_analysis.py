@@ -1,6 +1,7 @@
 """The reproduction's analysis (benchmarks/hpt_repro.py): the verdict rule and steps-to-match, on rows whose
 answer is worked out by hand here. These are what RESULTS.md reports, so they are tested like library code."""
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -74,3 +75,35 @@ def test_steps_to_match_reads_targets_best_and_the_first_hpt_rung_reaching_it():
     assert ratio == pytest.approx(1000 / 150) and details["hpt_steps_to_match"] == 150
     curves[("ssl", "animals", "target", 1000, "linear")] = 0.80  # HPT never gets there
     assert hpt_repro.steps_to_match(curves, "ssl", "animals")[0] is None
+
+
+def fake_export(folder: Path, sha: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "zoo.json").write_text(json.dumps({"weights": {"model.safetensors": {"sha256": sha, "size": 1}}}))
+    return folder
+
+
+def test_a_rebuilt_ssl_base_must_be_the_recorded_one(tmp_path, monkeypatch):
+    """A new checkout retrains the base (benchmarks/_work is not in git); the committed points stay valid only if
+    it comes out bit-identical, so a different sha256 stops the series with the way out in the message."""
+    monkeypatch.setattr(hpt_repro, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(hpt_repro, "WORK", tmp_path / "work")
+    (tmp_path / "results").mkdir()
+    record = {"name": "moco-fashion_mnist-r18c-1132", "sha256": "a" * 64, "knn_top1": [[250, 0.61], [1132, 0.74]],
+              "checked_against_base_point": None}
+    hpt_repro.base_record_path("full").write_text(json.dumps(record))
+    assert hpt_repro.check_base_identity(fake_export(tmp_path / "same", "a" * 64), hpt_repro.FULL, "full") is None
+    with pytest.raises(SystemExit, match="not the one the committed points were measured on.*move the ssl results"):
+        hpt_repro.check_base_identity(fake_export(tmp_path / "other", "b" * 64), hpt_repro.FULL, "full")
+    assert json.loads(hpt_repro.base_record_path("full").read_text()) == record  # the record is never rewritten
+    # the report's kNN curve comes from the record when the base's run folder is gone
+    assert hpt_repro.base_knn_curve("full") == [(250, 0.61), (1132, 0.74)]
+
+
+def test_a_first_base_record_is_written_when_no_point_needs_checking(tmp_path, monkeypatch):
+    monkeypatch.setattr(hpt_repro, "RESULTS", tmp_path)
+    monkeypatch.setattr(hpt_repro, "WORK", tmp_path / "work")
+    hpt_repro.check_base_identity(fake_export(tmp_path / "base", "c" * 64), hpt_repro.QUICK, "quick")
+    written = json.loads(hpt_repro.base_record_path("quick").read_text())
+    assert written["sha256"] == "c" * 64 and written["checked_against_base_point"] is None
+    assert hpt_repro.base_record_path("quick").name == "hpt_repro.quick.ssl_base.json"

@@ -241,6 +241,13 @@ def _state(step: int, setup: Setup, optimizer) -> dict:
             "init": setup.backbone.init, "data": setup.source.describe()}
 
 
+def refuse_foreign_folder(run_dir: Path) -> None:
+    """A folder with files but no run in it is the user's: nothing is written into it (not even the lock)."""
+    if (run_dir.is_dir() and not (run_dir / runfiles.CONFIG_FILE).exists()
+            and any(path.name != runfiles.LOCK_FILE for path in run_dir.iterdir())):
+        raise ConfigError(f"{run_dir} is not empty and is not a training run; choose a new run directory")
+
+
 def open_run_dir(run_dir: Path, config: dict) -> dict | None:
     """Returns the checkpoint to resume from (or None for a fresh run); refuses a changed recipe."""
     latest = runfiles.latest_checkpoint(run_dir)
@@ -251,8 +258,8 @@ def open_run_dir(run_dir: Path, config: dict) -> dict | None:
         if changed:
             raise ConfigError(f"{run_dir} holds a run with a different recipe (changed: {', '.join(changed)}); "
                               f"use a new run directory or the same settings to resume")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} is not empty and is not a training run; choose a new run directory")
+    else:
+        refuse_foreign_folder(run_dir)
     # the newest checkpoint that verifies and is this run's (bad ones are set aside by rank 0, with a message)
     state = runfiles.load_resumable(run_dir, set_aside=dist.rank() == 0)
     if state is None:
@@ -314,6 +321,12 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     setup = prepare(config)
     dist.init_from_env(setup.device)
+    refuse_foreign_folder(run_dir)
+    with runfiles.sole_trainer(run_dir, enabled=dist.rank() == 0):  # a second trainer would interleave checkpoints
+        return _train(config, run_dir, setup)
+
+
+def _train(config: dict, run_dir: Path, setup: Setup) -> Path:
     rank, world = dist.rank(), dist.world_size()
     method, device = setup.method, setup.device
     optimizer = build_optimizer(method.trainable_module(), config["optimizer"], 0.0, config["momentum"],

@@ -12,6 +12,7 @@ another run wrote. Temporaries left by a killed write are removed when a run sta
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -29,6 +30,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # held by the one process training the run (sole_trainer)
 CHECKSUM_SUFFIX = ".json"  # step_N.pt -> step_N.pt.json
 BAD_SUFFIX = ".bad"  # a checkpoint that failed verification is set aside as step_N.pt.bad
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -80,6 +82,43 @@ def _raise_if_full(error: OSError, path: Path, size: int) -> None:
             f"cannot write {path} ({size / 1e6:.1f} MB): {os.strerror(error.errno)}. Nothing was half-written: the "
             f"previous version of the file (and the last checkpoint) is intact. Free space on that disk (or raise "
             f"the quota / file-size limit) and rerun the same command to resume.") from None
+
+
+class RunInUseError(RunFileError):
+    """Another process is training this run directory."""
+
+
+@contextlib.contextmanager
+def sole_trainer(run_dir: Path, enabled: bool = True):
+    """Hold the run directory's lock while training: a second trainer started on the same directory (the same
+    command twice, two schedulers) would interleave checkpoints and metrics, so it is refused at once. The OS
+    releases the lock when its process dies, so a killed run never leaves a stale lock behind. Under DDP only
+    rank 0 takes it (the other ranks share rank 0's run)."""
+    if not enabled:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    if path.is_symlink():  # opening it would truncate whatever it points to
+        raise RunFileError(f"{path} is a symbolic link; remove the link (not its target) and rerun")
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInUseError(f"{run_dir} is being trained by another process right now; wait for it to finish (or "
+                            "stop it: it checkpoints on SIGTERM) and rerun to resume, or use another run directory"
+                            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # refused before writing: leave nothing
+            path.unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def run_identity(run_dir: Path) -> str | None:
