@@ -22,6 +22,9 @@ quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-te
   nice -n 5 $python benchmarks/hpt_repro.py --base-only > /dev/null \
     && nice -n 5 $python $quality --methods selftrain --selftrain-init "$ssl_base" \
     || echo "long_runs: quality_fashion selftrain from the SSL init failed"
+  # PIC again at the PIC row's steps, with the stride whose windows reach every image in them (the row's
+  # defaults reached 57%: benchmarks/RESULTS.md)
+  nice -n 5 $python $quality --methods pic --steps 1510 --set pic_stride=1217 || echo "long_runs: PIC stride row failed"
   nice -n 5 $python benchmarks/hpt_repro.py --series sup || echo "long_runs: hpt_repro sup failed"
 ) >> "$logs/core1.log" 2>&1 &
 echo "core 1: pid $! (log $logs/core1.log)"

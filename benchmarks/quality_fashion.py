@@ -87,7 +87,7 @@ def ssl_config(method, args, steps) -> dict:
     return resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
                             batch_size=args.batch, knn_every=knn_every, knn_train_images=args.curve_train,
                             knn_test_images=args.curve_test, checkpoint_every=min(steps, CHECKPOINT_EVERY),
-                            progress=False, log_every=10))
+                            progress=False, log_every=10, **args.overrides))
 
 
 def calibrate_ssl(method, args, work, cpu_time: bool = False) -> float:
@@ -275,11 +275,20 @@ def main():
     parser.add_argument("--budget-reference", default=None,
                         help="a method already in the JSON (e.g. moco): its speed here vs its recorded speed converts "
                              "--minutes of the machine that made the JSON's rows into steps on this one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe value for the self-supervised methods (e.g. pic_stride=1217); the row is "
+                             "named with it, e.g. pic[pic_stride=1217], and trains in its own run folder")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' results already in the JSON (rerun some methods only)")
     parser.add_argument("--results", default=str(RESULTS / "quality_fashion.json"), help="the JSON to write")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / "_work" / "quality_fashion"))
     args = parser.parse_args()
+    from training.config import parse_assignments
+
+    args.overrides = parse_assignments(args.set)
+    variant = "".join(f"[{key}={value}]" for key, value in sorted(args.overrides.items()))
+    if variant and set(args.methods.split(",")) & {"random", "supervised", "selftrain", "distill"}:
+        parser.error("--set applies to the self-supervised methods only (moco, simclr, pic, rotation)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
@@ -303,7 +312,9 @@ def main():
             results[label] = chain(name, args, sets, work / label)
             name = label
         else:
-            results[name] = self_supervised(name, args, sets, work / name)
+            label = name + variant
+            results[label] = self_supervised(name, args, sets, work / label)
+            name = label
         results[name]["budget"] = {**budget, "minutes_of_reference_machine": args.minutes}
         results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
         print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss", "args")}), flush=True)

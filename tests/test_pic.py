@@ -15,7 +15,7 @@ from training.config import resolve
 from training.data import open_source
 from training.engine import pretrain
 from training.optim import cosine_lr
-from training.pic import DecayProducts, LazyRows, WindowBatches, pic_loss, window_settings
+from training.pic import DecayProducts, LazyRows, WindowBatches, pic_loss, window_coverage, window_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(method="pic", data="fashion_mnist", arch="r18", image_size=32, batch_size=16, proj_hidden=64,
@@ -106,6 +106,30 @@ def test_sliding_window_revisits_after_the_window_not_the_epoch():
     assert window_settings(60000, 16) == (6000, 750)
 
 
+def test_window_coverage_counts_the_images_a_short_run_visits():
+    """Checked against the scheduler itself: the images a run's steps draw, over the set's size; and the stride it
+    suggests makes the same steps reach every image."""
+    images = open_source("fashion_mnist", "val")  # 10,000 images
+    for steps, window, stride in ((70, 1000, 125), (30, 1000, 0), (500, 0, 0), (20, 1000, 125), (900, 1000, 125),
+                                 (2000, 1000, 125)):
+        batches = WindowBatches(images, None, batch_size=50, seed=1, window=window, stride=stride)
+        drawn = torch.unique(torch.cat([batches.positions(step) for step in range(steps)]))
+        covered, suggested = window_coverage(len(images), 50, steps, window, stride)
+        assert covered == pytest.approx(len(drawn) / len(images), abs=0.01)
+        whole = steps // batches.steps_per_window
+        if suggested is None:  # no stride up to the window reaches every image in this many whole windows
+            assert whole < 2 or (len(images) - batches.window) / (whole - 1) > batches.window
+        elif covered < 1:
+            wider = WindowBatches(images, None, batch_size=50, seed=1, window=window, stride=suggested)
+            assert len(torch.unique(torch.cat([wider.positions(step) for step in range(steps)]))) == len(images)
+            assert window_coverage(len(images), 50, steps, window, suggested)[0] == 1.0
+        else:
+            assert suggested == batches.stride
+    # this repository's PIC quality row: 1510 steps of 128 on Fashion-MNIST's 50,000 train images
+    covered, suggested = window_coverage(50_000, 128, 1510)
+    assert covered == pytest.approx(0.57, abs=0.01) and suggested == 1217
+
+
 def _state_equal(a, b):
     assert a.keys() == b.keys()
     for key in a:
@@ -141,6 +165,8 @@ def test_torchrun_two_processes_pic(tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    # 3 steps reach a few of the 50,000 images: said once (rank 0), with the fix for a run this short
+    assert done.stderr.count("visit only 0% of the 50000 images") == 1 and "larger --set pic_window" in done.stderr
     state = runfiles.load_checkpoint(runfiles.latest_checkpoint(run)[1])
     assert state["world_size"] == 2 and state["step"] == 3
     method = state["method"]

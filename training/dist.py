@@ -19,6 +19,13 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launch_rank() -> int:
+    """This process's rank, also before the process group exists (setup runs first): torchrun's RANK."""
+    if is_distributed():
+        return rank()
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 

@@ -55,6 +55,20 @@ def window_settings(images: int, batch_size: int, window: int = 0, stride: int =
     return window, stride
 
 
+def window_coverage(images: int, batch_size: int, steps: int, window: int = 0,
+                    stride: int = 0) -> tuple[float, int | None]:
+    """(about what fraction of the images a run of `steps` visits, the smallest stride whose windows reach them
+    all in the run's whole windows, or None when no stride up to the window can). The windows slide S per
+    window, so one pass over the set takes N/S windows (~8 epochs at the paper's proportions): a short run sees
+    only the first part of the shuffled order, each image D/S times."""
+    window, stride = window_settings(images, batch_size, window, stride)
+    whole, part = divmod(steps, window // batch_size)
+    partial = part / (window // batch_size)  # the last window's draws are uniform over it: its new S slots
+    reach = partial * window if whole == 0 else (whole - 1) * stride + window + partial * stride
+    needed = -(-(images - window) // (whole - 1)) if whole > 1 else None
+    return min(1.0, reach / images), (max(stride, needed) if needed is not None and needed <= window else None)
+
+
 class WindowBatches(StepBatches):
     """StepBatches whose step -> images mapping is PIC's sliding window instead of epochs."""
 
@@ -270,6 +284,15 @@ class PIC(OneBranch):
 
 
 def build(config: dict, backbone, source) -> PIC:
+    covered, stride = window_coverage(len(source), config["batch_size"], config["steps"], config["pic_window"],
+                                      config["pic_stride"])
+    if covered < 1.0 and dist.launch_rank() == 0:  # setup runs before the process group exists
+        from .runfiles import say
+
+        say(f"pic: {config['steps']} steps of {config['batch_size']} images visit only {covered:.0%} of the "
+            f"{len(source)} images (the sliding window moves pic_stride images per window); for a run this short, "
+            + (f"--set pic_stride={stride} makes the windows reach every image" if stride else
+               "a larger --set pic_window (up to the number of images) lets the windows reach every image"))
     return PIC(backbone.module, backbone.num_features, len(source), dim=config["proj_dim"],
                hidden=config["proj_hidden"], temperature=config["temperature"], negatives=config["pic_negatives"],
                momentum=config["momentum"], weight_decay=config["weight_decay"],
