@@ -291,6 +291,10 @@ def test_update_catalog_keeps_each_earlier_pin_of_the_same_repo(tmp_path, monkey
     cat.update_catalog(path, "k", _pin("d" * 40, repo="org/other"))  # another repo: not a pin of this one
     other = json.loads(path.read_text())["models"]["k"]
     assert "history" not in other and other["repo_id"] == "org/other"
+    cat.update_catalog(path, "m", _pin("a" * 40, repo="org/moved"))  # m moves repo, to a revision it knew
+    assert "history" not in read() and read()["repo_id"] == "org/moved"  # its pins there were the old repo's
+    cat.update_catalog(path, "m", _pin("e" * 40, repo="org/moved"))
+    assert read()["history"] == [{"revision": "a" * 40, "files": _pin("a" * 40)["files"]}]
     cat.update_catalog(path, "m", _pin("f" * 40), keep_history=False)
     assert "history" not in read() and read()["revision"] == "f" * 40
 

@@ -152,8 +152,9 @@ def update_catalog(catalog_path: str | os.PathLike, name: str, entry: dict, base
             history = [h for h in previous.get("history", []) if h.get("revision") != entry.get("revision")]
             history.append({"revision": previous["revision"], "files": previous.get("files", {})})
             entry = {**entry, "history": history}
-        elif isinstance(previous, dict) and previous.get("history"):
-            entry = {**entry, "history": previous["history"]}
+        elif isinstance(previous, dict) and previous.get("history") and previous.get("repo_id") == entry.get("repo_id"):
+            entry = {**entry, "history": previous["history"]}  # re-pinned to the same revision: the history stays
+        # a model moved to another repo: the old repo's pins are not revisions of the new one, so they go
         models[name] = entry
         data.setdefault("bases", {})
         if base_for_arch:
