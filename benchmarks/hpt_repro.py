@@ -495,6 +495,24 @@ def plot(summary: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def signed(value: float) -> str:
+    """An interval's bound; with one seed there is none ("-", not nan)."""
+    return "-" if math.isnan(value) else f"{value:+.4f}"
+
+
+def json_dumps(data) -> str:
+    """Strict JSON: an undefined spread (one seed) is null, not NaN (which other JSON readers refuse)."""
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps(clean(data), indent=1, allow_nan=False)
+
+
 def report(tag: str) -> None:
     rows = load_rows(tag)
     curve = base_knn_curve(tag)
@@ -509,8 +527,8 @@ def report(tag: str) -> None:
     table = [{"series": k[0], "data": k[1], "strategy": k[2], "steps": k[3], "protocol": k[4], **v}
              for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))]
     verdicts = claim_verdicts(rows)
-    (RESULTS / f"{name}.summary.json").write_text(json.dumps({"points": table, "ssl_base_knn": curve,
-                                                          "verdicts": verdicts}, indent=1))
+    (RESULTS / f"{name}.summary.json").write_text(json_dumps({"points": table, "ssl_base_knn": curve,
+                                                          "verdicts": verdicts}))
     plot(summary, RESULTS / f"{name}.png")
     ratios = {}
     for series, data in sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1])):
@@ -522,7 +540,11 @@ def report(tag: str) -> None:
             cells = []
             for protocol in ("linear", "semi_supervised"):
                 point = summary.get((series, data, strategy, steps, protocol))
-                cells.append(f"{point['mean']:.4f} +- {point['std']:.4f} ({point['n']})" if point else "-")
+                if not point:
+                    cells.append("-")
+                    continue
+                spread = "" if math.isnan(point["std"]) else f" +- {point['std']:.4f}"  # one seed: no spread
+                cells.append(f"{point['mean']:.4f}{spread} ({point['n']})")
             print(f"  {strategy:16s} {steps:>6d} {cells[0]:>26s} {cells[1]:>24s}")
         means = {k: v["mean"] for k, v in summary.items()}
         ratio, details = steps_to_match(means, series, data)
@@ -543,7 +565,7 @@ def report(tag: str) -> None:
         print(f"\npaired differences over seeds (first - second), 95% t-interval; verdict needs n >= {MIN_PAIRS}:")
         for v in verdicts:
             print(f"  {v['claim']:27s} {v['series']} {v['data']:13s} {v['protocol']:15s} {v['first']:>10s} - "
-                  f"{v['second']:<10s} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] n={v['n']} "
+                  f"{v['second']:<10s} {v['mean']:+.4f} [{signed(v['low'])}, {signed(v['high'])}] n={v['n']} "
                   f"{v['verdict']}")
     if ratios and all(ratios.values()):
         print(f"hpt steps-to-match speedup vs target: {min(ratios.values()):.1f}x")

@@ -107,3 +107,11 @@ def test_a_first_base_record_is_written_when_no_point_needs_checking(tmp_path, m
     written = json.loads(hpt_repro.base_record_path("quick").read_text())
     assert written["sha256"] == "c" * 64 and written["checked_against_base_point"] is None
     assert hpt_repro.base_record_path("quick").name == "hpt_repro.quick.ssl_base.json"
+
+
+def test_summary_json_is_strict_json_with_null_for_an_undefined_spread():
+    one_seed = hpt_repro.summarise([row("hpt", 50, 0, 0.7)])
+    text = hpt_repro.json_dumps({"points": [{"key": list(k), **v} for k, v in one_seed.items()]})
+    point = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the summary JSON"))["points"][0]
+    assert point["mean"] == 0.7 and point["n"] == 1 and point["std"] is None
+    assert hpt_repro.signed(float("nan")) == "-" and hpt_repro.signed(0.01234) == "+0.0123"
