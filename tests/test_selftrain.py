@@ -89,3 +89,8 @@ def test_torchrun_two_processes_selftrain(tmp_path):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and runfiles.latest_checkpoint(run)[0] == 2, again.stderr[-2000:]
+    # one trainer per chain: while another process holds it (between phases too), a second is refused at once
+    with runfiles.sole_trainer(run):
+        refused = subprocess.run([sys.executable] + command[6:], cwd=ROOT, capture_output=True, text=True,
+                                 timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert refused.returncode != 0 and "being trained by another process" in refused.stderr, refused.stderr[-2000:]

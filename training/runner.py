@@ -25,7 +25,13 @@ from .supervised import labelled_indices
 def pretrain(config: dict, run_dir: str | Path) -> Path:
     """Train (or resume) into run_dir; returns the final checkpoint path."""
     chain = CHAINS.get(config["method"])
-    return chain(config, Path(run_dir)) if chain else engine.pretrain(config, run_dir)
+    if chain is None:
+        return engine.pretrain(config, run_dir)
+    run_dir = Path(run_dir)
+    engine.refuse_foreign_folder(run_dir)
+    # the whole chain, not only its phases: between phases (pseudo-labelling) a second process would start too
+    with runfiles.sole_trainer(run_dir, enabled=dist.launch_rank() == 0):
+        return chain(config, run_dir)
 
 
 # ---------------------------------------------------------------- chain plumbing
