@@ -30,7 +30,10 @@ probe and fine-tune seeds; the Base strategies vary by their evaluation seeds on
 
 Work (runs, exported checkpoints) lives in benchmarks/_work/hpt2/ (ignored by git); results in
 benchmarks/results/hpt_repro.<series>.<target>.json. Every finished point is skipped on a rerun and
-every training run resumes from its last checkpoint, so the same command continues where it stopped.
+every training run resumes from its last checkpoint, so the same command continues where it stopped. A new
+checkout has no _work: the ssl base is then retrained from its recipe and must match the sha256 recorded in
+benchmarks/results/hpt_repro.ssl_base.json (it did, bit for bit, on 2026-11-26), and a strategy is retrained
+only for the points still missing.
 """
 from __future__ import annotations
 
