@@ -12,7 +12,7 @@ python=${PYTHON:-.venv/bin/python}
 logs=benchmarks/_work/logs
 mkdir -p "$logs"
 ssl_base=benchmarks/_work/hpt2/full/ssl_base_r18c/moco-fashion_mnist-r18c-1132
-quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-test 5000 --budget-reference moco --update"
+quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-test 5000 --budget-reference moco --update --missing-only"
 (
   for method in pic rotation distill selftrain; do
     nice -n 5 $python $quality --methods $method || echo "long_runs: quality_fashion $method failed"

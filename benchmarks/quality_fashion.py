@@ -254,6 +254,13 @@ def plot(results: dict, path: Path, args) -> None:
     figure.savefig(path, dpi=120)
 
 
+def row_label(method: str, args, variant: str) -> str:
+    """A row's name in the results (and its run folder): the method, marked with a self-training init or --set."""
+    if method == "selftrain" and args.selftrain_init:
+        return "selftrain-from-init"
+    return method + (variant if method not in ("random", "supervised", "selftrain", "distill") else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="r18c")
@@ -278,6 +285,9 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe value for the self-supervised methods (e.g. pic_stride=1217); the row is "
                              "named with it, e.g. pic[pic_stride=1217], and trains in its own run folder")
+    parser.add_argument("--missing-only", action="store_true",
+                        help="with --update: skip the rows the results already hold (a new checkout has no run "
+                             "folders, so a finished row would otherwise be trained again)")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' results already in the JSON (rerun some methods only)")
     parser.add_argument("--results", default=str(RESULTS / "quality_fashion.json"), help="the JSON to write")
@@ -301,6 +311,9 @@ def main():
     print(f"budget: {args.minutes} min x machine factor {args.machine_factor:.2f} ({budget})", flush=True)
     for name in args.methods.split(","):
         print(f"== {name}", flush=True)
+        if args.missing_only and row_label(name, args, variant) in results:
+            print(f"{row_label(name, args, variant)}: already in {out}, skipped (--missing-only)", flush=True)
+            continue
         if name == "random":
             config = resolve({}, dict(data="fashion_mnist", arch=args.arch, image_size=args.size))
             setup = prepare(dict(config))
@@ -308,11 +321,11 @@ def main():
         elif name == "supervised":
             results[name] = supervised(args, sets, work)
         elif name in ("selftrain", "distill"):
-            label = name + ("-from-init" if name == "selftrain" and args.selftrain_init else "")
+            label = row_label(name, args, variant)
             results[label] = chain(name, args, sets, work / label)
             name = label
         else:
-            label = name + variant
+            label = row_label(name, args, variant)
             results[label] = self_supervised(name, args, sets, work / label)
             name = label
         results[name]["budget"] = {**budget, "minutes_of_reference_machine": args.minutes}
