@@ -121,6 +121,10 @@ class Results:
     def has(self, **key) -> bool:
         return any(all(row.get(k) == v for k, v in key.items()) for row in self.rows)
 
+    def missing(self, key: dict, semi: bool = True) -> list[str]:
+        """The protocols of one point still to measure: linear, and the fine-tune unless `semi` is off."""
+        return [p for p in ("linear", "semi_supervised") if (p == "linear" or semi) and not self.has(protocol=p, **key)]
+
     def add(self, row: dict) -> None:
         from training.runfiles import atomic_write_bytes
 
@@ -155,7 +159,7 @@ def evaluate(results: Results, series: str, target: str, strategy: str, steps: i
     from training.evaluate import finetune_eval
 
     key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=network["arch"])
-    todo = [p for p in ("linear", "semi_supervised") if (p == "linear" or semi) and not results.has(protocol=p, **key)]
+    todo = results.missing(key, semi)
     if not todo:
         return
     splits = {s: open_source(target, s, target) for s in ("train", "val", "test")}
@@ -313,8 +317,8 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
 
     def missing(strategy: str, steps: int) -> bool:  # the exports live in _work, which a new checkout lacks:
-        key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=arch)  # retrain
-        return not all(results.has(protocol=p, **key) for p in ("linear", "semi_supervised"))  # only if needed
+        return bool(results.missing(dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed,
+                                         arch=arch)))  # retrain only for a point still to measure
 
     base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
     if missing("base_bn", 0) and not (base_bn / "zoo.json").exists():

@@ -254,11 +254,14 @@ def plot(results: dict, path: Path, args) -> None:
     figure.savefig(path, dpi=120)
 
 
+NOT_SELF_SUPERVISED = ("random", "supervised", "selftrain", "distill")  # rows that --set does not apply to
+
+
 def row_label(method: str, args, variant: str) -> str:
     """A row's name in the results (and its run folder): the method, marked with a self-training init or --set."""
     if method == "selftrain" and args.selftrain_init:
         return "selftrain-from-init"
-    return method + (variant if method not in ("random", "supervised", "selftrain", "distill") else "")
+    return method + ("" if method in NOT_SELF_SUPERVISED else variant)
 
 
 def main():
@@ -297,7 +300,7 @@ def main():
 
     args.overrides = parse_assignments(args.set)
     variant = "".join(f"[{key}={value}]" for key, value in sorted(args.overrides.items()))
-    if variant and set(args.methods.split(",")) & {"random", "supervised", "selftrain", "distill"}:
+    if variant and set(args.methods.split(",")) & set(NOT_SELF_SUPERVISED):
         parser.error("--set applies to the self-supervised methods only (moco, simclr, pic, rotation)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -309,25 +312,22 @@ def main():
     args.machine_factor = budget["factor"]
     args.cpu_time = budget["reference"] is not None  # budgets converted from another machine: compare CPU time
     print(f"budget: {args.minutes} min x machine factor {args.machine_factor:.2f} ({budget})", flush=True)
-    for name in args.methods.split(","):
-        print(f"== {name}", flush=True)
-        if args.missing_only and row_label(name, args, variant) in results:
-            print(f"{row_label(name, args, variant)}: already in {out}, skipped (--missing-only)", flush=True)
+    for method in args.methods.split(","):
+        print(f"== {method}", flush=True)
+        name = row_label(method, args, variant)
+        if args.missing_only and name in results:
+            print(f"{name}: already in {out}, skipped (--missing-only)", flush=True)
             continue
-        if name == "random":
+        if method == "random":
             config = resolve({}, dict(data="fashion_mnist", arch=args.arch, image_size=args.size))
             setup = prepare(dict(config))
             results[name] = evaluate(setup.backbone.module, setup.spec, sets, args)
-        elif name == "supervised":
+        elif method == "supervised":
             results[name] = supervised(args, sets, work)
-        elif name in ("selftrain", "distill"):
-            label = row_label(name, args, variant)
-            results[label] = chain(name, args, sets, work / label)
-            name = label
+        elif method in ("selftrain", "distill"):
+            results[name] = chain(method, args, sets, work / name)
         else:
-            label = row_label(name, args, variant)
-            results[label] = self_supervised(name, args, sets, work / label)
-            name = label
+            results[name] = self_supervised(method, args, sets, work / name)
         results[name]["budget"] = {**budget, "minutes_of_reference_machine": args.minutes}
         results[name]["args"] = vars(args)  # per method: with --update, methods come from different commands
         print(json.dumps({k: v for k, v in results[name].items() if k not in ("recipe", "loss", "args")}), flush=True)

@@ -241,15 +241,22 @@ def _state(step: int, setup: Setup, optimizer) -> dict:
             "init": setup.backbone.init, "data": setup.source.describe()}
 
 
-def refuse_foreign_folder(run_dir: Path) -> None:
-    """A folder with files but no run in it is the user's: nothing is written into it (not even the lock)."""
+@contextlib.contextmanager
+def claimed_run_dir(run_dir: Path):
+    """The run directory, held by this trainer alone (every entry point, single run or chain, trains inside
+    this). A folder with files but no run in it is the user's and is refused before anything, even the lock,
+    is written into it; then rank 0 takes the lock, so a second trainer would be refused instead of
+    interleaving checkpoints. Works before the process group exists (torchrun's RANK)."""
     if (run_dir.is_dir() and not (run_dir / runfiles.CONFIG_FILE).exists()
             and any(path.name != runfiles.LOCK_FILE for path in run_dir.iterdir())):
         raise ConfigError(f"{run_dir} is not empty and is not a training run; choose a new run directory")
+    with runfiles.sole_trainer(run_dir, enabled=dist.launch_rank() == 0):
+        yield
 
 
 def open_run_dir(run_dir: Path, config: dict) -> dict | None:
-    """Returns the checkpoint to resume from (or None for a fresh run); refuses a changed recipe."""
+    """Returns the checkpoint to resume from (or None for a fresh run); refuses a changed recipe. Called inside
+    claimed_run_dir, which has already refused a folder that is not a run."""
     latest = runfiles.latest_checkpoint(run_dir)
     config_file = run_dir / runfiles.CONFIG_FILE
     if config_file.exists():
@@ -258,8 +265,6 @@ def open_run_dir(run_dir: Path, config: dict) -> dict | None:
         if changed:
             raise ConfigError(f"{run_dir} holds a run with a different recipe (changed: {', '.join(changed)}); "
                               f"use a new run directory or the same settings to resume")
-    else:
-        refuse_foreign_folder(run_dir)
     # the newest checkpoint that verifies and is this run's (bad ones are set aside by rank 0, with a message)
     state = runfiles.load_resumable(run_dir, set_aside=dist.rank() == 0)
     if state is None:
@@ -321,8 +326,7 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     setup = prepare(config)
     dist.init_from_env(setup.device)
-    refuse_foreign_folder(run_dir)
-    with runfiles.sole_trainer(run_dir, enabled=dist.rank() == 0):  # a second trainer would interleave checkpoints
+    with claimed_run_dir(run_dir):
         return _train(config, run_dir, setup)
 
 

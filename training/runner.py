@@ -28,9 +28,8 @@ def pretrain(config: dict, run_dir: str | Path) -> Path:
     if chain is None:
         return engine.pretrain(config, run_dir)
     run_dir = Path(run_dir)
-    engine.refuse_foreign_folder(run_dir)
     # the whole chain, not only its phases: between phases (pseudo-labelling) a second process would start too
-    with runfiles.sole_trainer(run_dir, enabled=dist.launch_rank() == 0):
+    with engine.claimed_run_dir(run_dir):
         return chain(config, run_dir)
 
 
