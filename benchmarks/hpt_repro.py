@@ -391,7 +391,8 @@ def steps_to_match(curves: dict, series: str, data: str) -> tuple[float | None, 
         return None, {}
     best_steps, best = max(target, key=lambda item: item[1])
     matched = next((steps for steps, value in hpt_runs if value >= best), None)
-    details = {"target_best": best, "target_steps": best_steps, "hpt_best": max(v for _, v in hpt_runs),
+    details = {"target_best": best, "target_steps": best_steps, "target_budget": target[-1][0],
+               "hpt_best": max(v for _, v in hpt_runs),
                "hpt_steps_to_match": matched}
     return (best_steps / matched if matched else None), details
 
@@ -562,7 +563,8 @@ def report(tag: str) -> None:
                 own = {(r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]): r["value"] for r in rows
                        if r["seed"] == seed}
                 per_seed.append(steps_to_match(own, series, data)[0])
-            print(f"  mean curves: Target best {details['target_best']:.4f} at {details['target_steps']} steps; "
+            print(f"  mean curves: Target best {details['target_best']:.4f} at {details['target_steps']} steps "
+                  f"(of its {details['target_budget']}-step budget); "
                   f"HPT best {details['hpt_best']:.4f}; HPT steps to match: {details['hpt_steps_to_match']} -> "
                   + (f"{ratio:.1f}x" if ratio else "no match")
                   + "; per seed: " + ", ".join(f"{r:.1f}x" if r else "none" for r in per_seed))

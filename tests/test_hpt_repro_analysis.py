@@ -73,6 +73,10 @@ def test_steps_to_match_reads_targets_best_and_the_first_hpt_rung_reaching_it():
               ("ssl", "animals", "hpt", 150, "linear"): 0.71, ("ssl", "animals", "hpt", 500, "linear"): 0.72}
     ratio, details = hpt_repro.steps_to_match(curves, "ssl", "animals")
     assert ratio == pytest.approx(1000 / 150) and details["hpt_steps_to_match"] == 150
+    # a Target that peaked before its last rung: the best is where it peaked, the budget its last rung
+    curves[("ssl", "animals", "target", 1000, "linear")] = 0.62
+    ratio, details = hpt_repro.steps_to_match(curves, "ssl", "animals")
+    assert (details["target_steps"], details["target_budget"], ratio) == (300, 1000, pytest.approx(300 / 50))
     curves[("ssl", "animals", "target", 1000, "linear")] = 0.80  # HPT never gets there
     assert hpt_repro.steps_to_match(curves, "ssl", "animals")[0] is None
 
