@@ -254,6 +254,10 @@ def plot(results: dict, path: Path, args) -> None:
     figure.savefig(path, dpi=120)
 
 
+def steps_cell(result: dict) -> str:
+    return f"{result['steps_per_phase']}/ph" if "steps_per_phase" in result else str(result.get("steps", 0))
+
+
 NOT_SELF_SUPERVISED = ("random", "supervised", "selftrain", "distill")  # rows that --set does not apply to
 
 
@@ -336,10 +340,11 @@ def main():
         runfiles.atomic_write_bytes(out, json.dumps({"results": results}, indent=2).encode())
     if "random" in results:
         plot(results, out.with_name(out.stem + "_knn.png"), args)
-    print(f"{'':>11} {'kNN':>7} {'linear':>7} {'steps':>6} {'train s':>8}")
+    # chains (selftrain, distill) train several phases: their steps are per phase, marked "/ph"
+    print(f"{'':>11} {'kNN':>7} {'linear':>7} {'steps':>9} {'train s':>8}")
     for name, result in results.items():
         print(f"{name:>11} {100 * result['knn_top1']:6.2f}% {100 * result['linear_top1']:6.2f}% "
-              f"{result.get('steps', 0):6d} {result.get('train_seconds', 0):8.0f}")
+              f"{steps_cell(result):>9s} {result.get('train_seconds', 0):8.0f}")
 
 
 if __name__ == "__main__":
