@@ -1,7 +1,8 @@
 #!/bin/bash
 # Start (or resume) the long CPU runs of issues 12 and 13 in the background, one per core, at one thread and
 # nice 5; each run continues from its last checkpoint and skips finished points. Logs: benchmarks/_work/logs/.
-#   core 1: quality_fashion's remaining rows (PIC, rotation, distill, selftrain, selftrain from the SSL init),
+#   core 1: quality_fashion's remaining rows (PIC, rotation, distill, selftrain, selftrain from the SSL init and
+#           its few-labels baseline, PIC with a full-coverage stride),
 #           then the supervised-base HPT series
 #   core 2: the self-supervised-base HPT series
 # Then `python benchmarks/hpt_repro.py --report` / `python benchmarks/quality_fashion.py --help` for the results.
@@ -22,6 +23,10 @@ quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-te
   nice -n 5 $python benchmarks/hpt_repro.py --base-only > /dev/null \
     && nice -n 5 $python $quality --methods selftrain --selftrain-init "$ssl_base" \
     || echo "long_runs: quality_fashion selftrain from the SSL init failed"
+  # its baseline: the teacher's recipe (supervised on the 1,000 labels) from the same init, at the same steps
+  # per phase (548, the self-training rows' own: benchmarks/RESULTS.md)
+  nice -n 5 $python $quality --methods fewlabels --steps 548 --selftrain-init "$ssl_base" \
+    || echo "long_runs: quality_fashion fewlabels from the SSL init failed"
   # PIC again at the PIC row's steps, with the stride whose windows reach every image in them (the row's
   # defaults reached 57%: benchmarks/RESULTS.md)
   nice -n 5 $python $quality --methods pic --steps 1510 --set pic_stride=1217 || echo "long_runs: PIC stride row failed"

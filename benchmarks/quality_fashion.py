@@ -121,6 +121,8 @@ def self_supervised(method, args, sets, work) -> dict:
 
     def decide() -> int:
         nonlocal seconds_per_step
+        if args.steps:  # a fixed step count needs no calibration run
+            return args.steps
         seconds_per_step = calibrate_ssl(method, args, work, cpu_time=args.cpu_time)
         return budget_steps(seconds_per_step, args)
 
@@ -229,6 +231,26 @@ def chain(method, args, sets, work) -> dict:
     return {**result, **evaluate(model.backbone, spec, sets, args)}
 
 
+def few_labels(args, sets, work) -> dict:
+    """Self-training's teacher recipe (supervised on its 1,000 labels, no noise, no unlabelled images) started
+    from --selftrain-init, at --steps: the baseline of the students from that init. Without it, student vs
+    teacher mixes what the init gives with what self-training adds on top (Zoph et al.'s comparison). From
+    random init, the self-training row's own teacher is this baseline."""
+    from training import phases
+    from training.selftrain import teacher_config
+
+    config = resolve({}, dict(method="selftrain", data="fashion_mnist", arch=args.arch, image_size=args.size,
+                              steps=args.steps, batch_size=args.batch, labels=1000, teacher=args.selftrain_init,
+                              checkpoint_every=min(args.steps, CHECKPOINT_EVERY), progress=False, log_every=10))
+    run = work / "teacher"
+    start = time.perf_counter()
+    final = pretrain(teacher_config(config), run)
+    seconds = time.perf_counter() - start
+    model, spec = phases.classifier_from(runfiles.load_checkpoint(final))
+    return {"train_seconds": seconds, "steps": args.steps, "recipe": teacher_config(config),
+            "teacher_test_top1": _classifier_top1(model, spec, sets[2]), **evaluate(model.backbone, spec, sets, args)}
+
+
 def calibrate_chain_step(method, args, work) -> float:
     """Seconds per step of the chain's supervised-style phases, measured like calibrate_ssl."""
     return calibrate_ssl("supervised", args, work, cpu_time=args.cpu_time)
@@ -258,13 +280,13 @@ def steps_cell(result: dict) -> str:
     return f"{result['steps_per_phase']}/ph" if "steps_per_phase" in result else str(result.get("steps", 0))
 
 
-NOT_SELF_SUPERVISED = ("random", "supervised", "selftrain", "distill")  # rows that --set does not apply to
+NOT_SELF_SUPERVISED = ("random", "supervised", "selftrain", "distill", "fewlabels")  # rows that --set does not apply to
 
 
 def row_label(method: str, args, variant: str) -> str:
     """A row's name in the results (and its run folder): the method, marked with a self-training init or --set."""
-    if method == "selftrain" and args.selftrain_init:
-        return "selftrain-from-init"
+    if method in ("selftrain", "fewlabels") and args.selftrain_init:
+        return f"{method}-from-init"
     return method + ("" if method in NOT_SELF_SUPERVISED else variant)
 
 
@@ -283,9 +305,11 @@ def main():
     parser.add_argument("--eval-test", type=int, default=None, help="val/test images for the final evals")
     parser.add_argument("--probe-iterations", type=int, default=1000)
     parser.add_argument("--methods", default="random,moco,simclr,supervised",
-                        help="any of random, moco, simclr, supervised, pic, rotation, selftrain, distill")
+                        help="any of random, moco, simclr, supervised, pic, rotation, selftrain, distill, fewlabels "
+                             "(self-training's teacher recipe from --selftrain-init, at --steps: its students' baseline)")
     parser.add_argument("--unlabeled-images", type=int, default=0, help="selftrain: unlabelled images (0: all)")
-    parser.add_argument("--selftrain-init", help="selftrain: the students' initialisation (zoo name or folder)")
+    parser.add_argument("--selftrain-init", help="selftrain: the students' initialisation (zoo name or folder); "
+                                                 "fewlabels: the baseline's")
     parser.add_argument("--budget-reference", default=None,
                         help="a method already in the JSON (e.g. moco): its speed here vs its recorded speed converts "
                              "--minutes of the machine that made the JSON's rows into steps on this one")
@@ -306,6 +330,9 @@ def main():
     variant = "".join(f"[{key}={value}]" for key, value in sorted(args.overrides.items()))
     if variant and set(args.methods.split(",")) & set(NOT_SELF_SUPERVISED):
         parser.error("--set applies to the self-supervised methods only (moco, simclr, pic, rotation)")
+    if "fewlabels" in args.methods.split(",") and not (args.selftrain_init and args.steps):
+        parser.error("fewlabels needs --selftrain-init and --steps (the self-training row's steps per phase); "
+                     "from random init, the selftrain row's teacher is that baseline")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sets = tuple(open_source("fashion_mnist", split) for split in ("train", "val", "test"))
@@ -328,6 +355,8 @@ def main():
             results[name] = evaluate(setup.backbone.module, setup.spec, sets, args)
         elif method == "supervised":
             results[name] = supervised(args, sets, work)
+        elif method == "fewlabels":
+            results[name] = few_labels(args, sets, work / name)
         elif method in ("selftrain", "distill"):
             results[name] = chain(method, args, sets, work / name)
         else:
