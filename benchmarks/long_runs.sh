@@ -2,7 +2,7 @@
 # Start (or resume) the long CPU runs of issues 12 and 13 in the background, one per core, at one thread and
 # nice 5; each run continues from its last checkpoint and skips finished points. Logs: benchmarks/_work/logs/.
 #   core 1: quality_fashion's remaining rows (PIC, rotation, distill, selftrain, selftrain from the SSL init and
-#           its few-labels baseline, PIC with a full-coverage stride),
+#           its few-labels baseline and with its teacher from that init too, PIC with a full-coverage stride),
 #           then the supervised-base HPT series
 #   core 2: the self-supervised-base HPT series
 # Then `python benchmarks/hpt_repro.py --report` / `python benchmarks/quality_fashion.py --help` for the results.
@@ -27,6 +27,9 @@ quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-te
   # per phase (548, the self-training rows' own: benchmarks/RESULTS.md)
   nice -n 5 $python $quality --methods fewlabels --steps 548 --selftrain-init "$ssl_base" \
     || echo "long_runs: quality_fashion fewlabels from the SSL init failed"
+  # self-training with the teacher fine-tuned from the same init too (pseudo-labels from the better teacher)
+  nice -n 5 $python $quality --methods selftrain --selftrain-init "$ssl_base" --teacher-from-init \
+    || echo "long_runs: quality_fashion selftrain with the teacher from the SSL init failed"
   # PIC again at the PIC row's steps, with the stride whose windows reach every image in them (the row's
   # defaults reached 57%: benchmarks/RESULTS.md)
   nice -n 5 $python $quality --methods pic --steps 1510 --set pic_stride=1217 || echo "long_runs: PIC stride row failed"

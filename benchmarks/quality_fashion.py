@@ -209,7 +209,8 @@ def chain(method, args, sets, work) -> dict:
     phases_count = 3
     steps = saved_steps(work, lambda: args.steps or budget_steps(calibrate_chain_step(method, args, work), args)
                         // phases_count)
-    extra = (dict(labels=1000, iterations=2, unlabeled_images=args.unlabeled_images, init=args.selftrain_init)
+    extra = (dict(labels=1000, iterations=2, unlabeled_images=args.unlabeled_images, init=args.selftrain_init,
+                  teacher=args.selftrain_init if args.teacher_from_init else None)
              if method == "selftrain" else dict(label_fraction=0.1))
     config = resolve({}, dict(method=method, data="fashion_mnist", arch=args.arch, image_size=args.size, steps=steps,
                               batch_size=args.batch, checkpoint_every=min(steps, CHECKPOINT_EVERY), progress=False,
@@ -285,6 +286,8 @@ NOT_SELF_SUPERVISED = ("random", "supervised", "selftrain", "distill", "fewlabel
 
 def row_label(method: str, args, variant: str) -> str:
     """A row's name in the results (and its run folder): the method, marked with a self-training init or --set."""
+    if method == "selftrain" and args.teacher_from_init:
+        return "selftrain-all-from-init"
     if method in ("selftrain", "fewlabels") and args.selftrain_init:
         return f"{method}-from-init"
     return method + ("" if method in NOT_SELF_SUPERVISED else variant)
@@ -310,6 +313,9 @@ def main():
     parser.add_argument("--unlabeled-images", type=int, default=0, help="selftrain: unlabelled images (0: all)")
     parser.add_argument("--selftrain-init", help="selftrain: the students' initialisation (zoo name or folder); "
                                                  "fewlabels: the baseline's")
+    parser.add_argument("--teacher-from-init", action="store_true",
+                        help="selftrain: the teacher too starts from --selftrain-init (default: random init); row "
+                             "selftrain-all-from-init")
     parser.add_argument("--budget-reference", default=None,
                         help="a method already in the JSON (e.g. moco): its speed here vs its recorded speed converts "
                              "--minutes of the machine that made the JSON's rows into steps on this one")
@@ -330,6 +336,8 @@ def main():
     variant = "".join(f"[{key}={value}]" for key, value in sorted(args.overrides.items()))
     if variant and set(args.methods.split(",")) & set(NOT_SELF_SUPERVISED):
         parser.error("--set applies to the self-supervised methods only (moco, simclr, pic, rotation)")
+    if args.teacher_from_init and not args.selftrain_init:
+        parser.error("--teacher-from-init needs --selftrain-init")
     if "fewlabels" in args.methods.split(",") and not (args.selftrain_init and args.steps):
         parser.error("fewlabels needs --selftrain-init and --steps (the self-training row's steps per phase); "
                      "from random init, the selftrain row's teacher is that baseline")
