@@ -27,8 +27,9 @@ quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-te
   # per phase (548, the self-training rows' own: benchmarks/RESULTS.md)
   nice -n 5 $python $quality --methods fewlabels --steps 548 --selftrain-init "$ssl_base" \
     || echo "long_runs: quality_fashion fewlabels from the SSL init failed"
-  # self-training with the teacher fine-tuned from the same init too (pseudo-labels from the better teacher)
-  nice -n 5 $python $quality --methods selftrain --selftrain-init "$ssl_base" --teacher-from-init \
+  # self-training with the teacher fine-tuned from the same init too (pseudo-labels from the better teacher),
+  # at the other self-training rows' 548 steps per phase so that they differ in the teacher's init only
+  nice -n 5 $python $quality --methods selftrain --steps 548 --selftrain-init "$ssl_base" --teacher-from-init \
     || echo "long_runs: quality_fashion selftrain with the teacher from the SSL init failed"
   # PIC again at the PIC row's steps, with the stride whose windows reach every image in them (the row's
   # defaults reached 57%: benchmarks/RESULTS.md)

@@ -240,15 +240,15 @@ def few_labels(args, sets, work) -> dict:
     from training import phases
     from training.selftrain import teacher_config
 
-    config = resolve({}, dict(method="selftrain", data="fashion_mnist", arch=args.arch, image_size=args.size,
-                              steps=args.steps, batch_size=args.batch, labels=1000, teacher=args.selftrain_init,
-                              checkpoint_every=min(args.steps, CHECKPOINT_EVERY), progress=False, log_every=10))
-    run = work / "teacher"
+    recipe = teacher_config(resolve({}, dict(
+        method="selftrain", data="fashion_mnist", arch=args.arch, image_size=args.size, steps=args.steps,
+        batch_size=args.batch, labels=1000, teacher=args.selftrain_init,
+        checkpoint_every=min(args.steps, CHECKPOINT_EVERY), progress=False, log_every=10)))
     start = time.perf_counter()
-    final = pretrain(teacher_config(config), run)
+    final = pretrain(dict(recipe), work / "teacher")
     seconds = time.perf_counter() - start
     model, spec = phases.classifier_from(runfiles.load_checkpoint(final))
-    return {"train_seconds": seconds, "steps": args.steps, "recipe": teacher_config(config),
+    return {"train_seconds": seconds, "steps": args.steps, "recipe": recipe,
             "teacher_test_top1": _classifier_top1(model, spec, sets[2]), **evaluate(model.backbone, spec, sets, args)}
 
 
