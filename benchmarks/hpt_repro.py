@@ -466,41 +466,54 @@ def claim_verdicts(rows: list[dict]) -> list[dict]:
     return out
 
 
+# one colour per strategy in every panel, so a reader can follow HPT across targets and protocols
+STRATEGY_STYLE = {"target": ("tab:blue", "o-"), "hpt": ("tab:orange", "s-"), "hptbn": ("tab:green", "^"),
+                  "chain": ("tab:purple", "*")}
+LINE_STYLE = {"random": ("red", "-."), "base": ("gray", "--"), "base_bn": ("black", ":")}
+PROTOCOL_LABEL = {"linear": "linear probe top-1 (test)", "semi_supervised": "1000-label fine-tune top-1 (test)"}
+
+
 def plot(summary: dict, path: Path) -> None:
+    """One column per (series, target), one row per protocol; markers are means over seeds, bars +- std
+    (none at n = 1), horizontal lines the step-free strategies with their +- std band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1]))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    colors = {"random": "red", "base": "gray", "base_bn": "black"}
-    for axis, (series, data) in zip(axes[0], panels):
-        linear = {k: v for k, v in summary.items() if k[:2] == (series, data) and k[4] == "linear"}
-        for strategy, style in (("target", "o-"), ("hpt", "s-"), ("hptbn", "^")):
-            points = sorted((k[3], v) for k, v in linear.items() if k[2] == strategy)
-            if points:
-                axis.errorbar([s for s, _ in points], [v["mean"] for _, v in points],
-                              yerr=[0 if math.isnan(v["std"]) else v["std"] for _, v in points], fmt=style,
-                              capsize=3, label=f"{strategy} (n={min(v['n'] for _, v in points)})")
-        for strategy, color in colors.items():
-            point = next((v for k, v in linear.items() if k[2] == strategy), None)
-            if point:
-                axis.axhline(point["mean"], color=color, linestyle="--" if strategy != "random" else "-.",
-                             label=f"{strategy} (n={point['n']})")
-                if not math.isnan(point["std"]):
-                    axis.axhspan(point["mean"] - point["std"], point["mean"] + point["std"], color=color, alpha=0.12)
-        for key, value in linear.items():
-            if key[2].startswith("chain:"):
-                axis.errorbar([key[3]], [value["mean"]], yerr=[0 if math.isnan(value["std"]) else value["std"]],
-                              fmt="*", markersize=12, capsize=3, label=f"chain via {key[2][6:]}")
-        axis.set_xscale("log")
-        axis.set_xlabel("MoCo steps on the target (log)")
-        axis.set_ylabel("linear probe top-1 (test), mean +- std")
-        axis.set_title(f"{data}, {'self-supervised' if series == 'ssl' else 'supervised ImageNet'} base")
-        axis.legend(fontsize=7)
+    protocols = tuple(PROTOCOL_LABEL)
+    figure, axes = plt.subplots(len(protocols), len(panels), figsize=(5.5 * len(panels), 4.2 * len(protocols)),
+                                squeeze=False)
+    spread = lambda point: 0 if math.isnan(point["std"]) else point["std"]  # noqa: E731
+    for row, protocol in enumerate(protocols):
+        for axis, (series, data) in zip(axes[row], panels):
+            points = {k: v for k, v in summary.items() if k[:2] == (series, data) and k[4] == protocol}
+            for strategy, (color, style) in STRATEGY_STYLE.items():
+                curve = sorted((k[3], v, k[2]) for k, v in points.items() if k[2].split(":")[0] == strategy)
+                if curve:
+                    label = strategy if strategy != "chain" else f"chain via {curve[0][2][6:]}"
+                    axis.errorbar([s for s, _, _ in curve], [v["mean"] for _, v, _ in curve],
+                                  yerr=[spread(v) for _, v, _ in curve], fmt=style, color=color, capsize=3,
+                                  markersize=10 if strategy == "chain" else 6,
+                                  label=f"{label} (n={min(v['n'] for _, v, _ in curve)})")
+            for strategy, (color, dash) in LINE_STYLE.items():
+                point = next((v for k, v in points.items() if k[2] == strategy), None)
+                if point:
+                    axis.axhline(point["mean"], color=color, linestyle=dash, label=f"{strategy} (n={point['n']})")
+                    if spread(point):
+                        axis.axhspan(point["mean"] - point["std"], point["mean"] + point["std"], color=color,
+                                     alpha=0.12)
+            if not points:
+                axis.set_axis_off()
+                continue
+            axis.set_xscale("log")
+            axis.set_xlabel("MoCo steps on the target (log)")
+            axis.set_ylabel(f"{PROTOCOL_LABEL[protocol]}, mean +- std")
+            axis.set_title(f"{data}, {'self-supervised' if series == 'ssl' else 'supervised ImageNet'} base")
+            axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
 
 
 def signed(value: float) -> str:
