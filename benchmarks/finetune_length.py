@@ -55,7 +55,6 @@ def measure(iterations: int, seed: int) -> None:
 
     import zoo
     from training.data import open_source
-    from training.evaluate import finetune_eval
     from training.models import build_backbone
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -79,12 +78,8 @@ def measure(iterations: int, seed: int) -> None:
         splits = {s: open_source(target, s, target) for s in ("train", "val", "test")}
         config = zoo.info(export)["pretrained_cfg"] if export is not None else None
         spec = hpt_repro.spec_for(config, splits["train"].domain, network)
-        options = hpt_repro.FULL["semi"]
         start = time.time()
-        record = finetune_eval(make_model, int(make_model().num_features), splits["train"], splits["val"],
-                               splits["test"], spec, target, labels=options["labels"], lrs=options["lrs"],
-                               iterations=iterations, batch_size=options["batch_size"],
-                               eval_images=options["eval_images"], seed=seed)
+        record = hpt_repro.finetune_point(make_model, splits, spec, target, seed, hpt_repro.FULL, iterations)
         rows.append({**key, "value": record["value"], "val": record["val_score"], "best_iteration": record["iteration"],
                      "short_value": short_value(series, target, strategy, steps, seed), "seconds": time.time() - start})
         from training.runfiles import atomic_write_bytes

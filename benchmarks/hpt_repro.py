@@ -152,11 +152,22 @@ def linear_point(model, splits: dict, spec, target: str, seed: int, protocol: di
                        lrs=options["lrs"], iterations=options["iterations"], seed=seed)
 
 
+def finetune_point(make_model, splits: dict, spec, target: str, seed: int, protocol: dict,
+                   iterations: int | None = None) -> dict:
+    """The 1000-label fine-tune of the protocol (`iterations` overrides its length: finetune_length.py)."""
+    from training.evaluate import finetune_eval
+
+    options = protocol["semi"]
+    return finetune_eval(make_model, int(make_model().num_features), splits["train"], splits["val"], splits["test"],
+                         spec, target, labels=options["labels"], lrs=options["lrs"],
+                         iterations=iterations or options["iterations"], batch_size=options["batch_size"],
+                         eval_images=options["eval_images"], seed=seed)
+
+
 def evaluate(results: Results, series: str, target: str, strategy: str, steps: int, seed: int, make_model,
              checkpoint_cfg: dict | None, protocol: dict, semi: bool = True) -> None:
     network = network_of(series, protocol)
     from training.data import open_source
-    from training.evaluate import finetune_eval
 
     key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, arch=network["arch"])
     todo = results.missing(key, semi)
@@ -172,11 +183,7 @@ def evaluate(results: Results, series: str, target: str, strategy: str, steps: i
                      "seconds": time.time() - start})
     if "semi_supervised" in todo:
         start = time.time()
-        options = protocol["semi"]
-        record = finetune_eval(make_model, int(make_model().num_features), splits["train"], splits["val"],
-                               splits["test"], spec, target, labels=options["labels"], lrs=options["lrs"],
-                               iterations=options["iterations"], batch_size=options["batch_size"],
-                               eval_images=options["eval_images"], seed=seed)
+        record = finetune_point(make_model, splits, spec, target, seed, protocol)
         results.add({**key, "protocol": "semi_supervised", "metric": "top1", "value": record["value"],
                      "lr": record["lr"], "val": record["val_score"], "seconds": time.time() - start})
 
