@@ -29,7 +29,8 @@ import hpt_repro  # noqa: E402  (the series' layout, network and fine-tune setti
 OUT = hpt_repro.RESULTS / "finetune_length.json"
 # (series, target, strategy, steps), seed 0: the comparisons the fine-tune verdicts rest on, cheapest set first
 POINTS = (("ssl", "digits", "random", 0), ("ssl", "digits", "base", 0), ("ssl", "digits", "hpt", 50),
-          ("ssl", "digits", "hpt", 150), ("ssl", "digits", "hpt", 500), ("ssl", "animals", "base", 0), ("ssl", "animals", "hpt", 500))
+          ("ssl", "digits", "hpt", 150), ("ssl", "digits", "hpt", 500),
+          ("ssl", "animals", "base", 0), ("ssl", "animals", "hpt", 500))
 
 
 def export_of(series: str, target: str, strategy: str, steps: int, seed: int) -> Path | None:
