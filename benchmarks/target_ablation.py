@@ -40,6 +40,9 @@ REPRO = {"method": "moco", "arch": "mnv2", "channels": 3, "image_size": 64, "cro
          "lr": 0.03, "lr_reference_batch": 256, "momentum": 0.9, "weight_decay": 1e-4, "queue_size": 4096,
          "ema_momentum": 0.99, "temperature": 0.2, "proj_hidden": 2048, "proj_dim": 128, "bn_splits": 8,
          "augment": "moco"}
+SSL_RECIPE = {"arch": "r18c", "channels": 1, "image_size": 28, "crop_pct": None, "batch_size": 128, "lr": 0.06,
+              "lr_reference_batch": 512, "weight_decay": 5e-4, "queue_size": 4096, "ema_momentum": 0.99,
+              "temperature": 0.1, "proj_hidden": 512, "bn_splits": 8, "augment": "moco_small"}
 # one change each (name -> (overrides, what it tests))
 VARIANTS = {
     "repro": ({}, "round 1's Target recipe"),
@@ -54,6 +57,11 @@ VARIANTS = {
     "m0999": ({"ema_momentum": 0.999}, "key momentum 0.999"),
     "batch128": ({"batch_size": 128}, "batch 128, lr scaled linearly (same steps: 4x the images)"),
     "r18c": ({"arch": "r18c", "image_size": 28, "channels": 1}, "the quality run's network and size"),
+    # hpt_repro's ssl-series Target recipe (ResNet-18, 28 px, batch 128, its SMALL_MOCO), then one change: on
+    # digits (1,347 train images) its 4096-key queue holds every image ~3 times, so a query's own image, seen in
+    # earlier epochs, sits among its negatives; 1024 keys (8 batches of one epoch's permutation) holds none
+    "ssl_recipe": (SSL_RECIPE, "hpt_repro's ssl-series Target recipe (queue 4096)"),
+    "ssl_recipe_q1024": ({**SSL_RECIPE, "queue_size": 1024}, "the ssl-series recipe with a 1024-key queue"),
 }
 
 
