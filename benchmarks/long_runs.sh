@@ -3,7 +3,7 @@
 # nice 5; each run continues from its last checkpoint and skips finished points. Logs: benchmarks/_work/logs/.
 #   core 1: quality_fashion's remaining rows (PIC, rotation, distill, selftrain, selftrain from the SSL init and
 #           its few-labels baseline and with its teacher from that init too, PIC with a full-coverage stride),
-#           then the supervised-base HPT series
+#           the fine-tune length check, then the supervised-base HPT series
 #   core 2: the self-supervised-base HPT series
 # Then `python benchmarks/hpt_repro.py --report` / `python benchmarks/quality_fashion.py --help` for the results.
 set -u
@@ -34,6 +34,8 @@ quality="benchmarks/quality_fashion.py --minutes 25 --eval-train 10000 --eval-te
   # PIC again at the PIC row's steps, with the stride whose windows reach every image in them (the row's
   # defaults reached 57%: benchmarks/RESULTS.md)
   nice -n 5 $python $quality --methods pic --steps 1510 --set pic_stride=1217 || echo "long_runs: PIC stride row failed"
+  # does the series' short fine-tune rank checkpoints as a 1000-iteration one does (a few seed-0 exports)
+  nice -n 5 $python benchmarks/finetune_length.py || echo "long_runs: finetune_length failed"
   nice -n 5 $python benchmarks/hpt_repro.py --series sup || echo "long_runs: hpt_repro sup failed"
 ) >> "$logs/core1.log" 2>&1 &
 echo "core 1: pid $! (log $logs/core1.log)"
