@@ -582,7 +582,9 @@ def report(tag: str) -> None:
             for seed in seeds:
                 own = {(r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]): r["value"] for r in rows
                        if r["seed"] == seed}
-                per_seed.append(steps_to_match(own, series, data)[0])
+                seed_ratio, seed_details = steps_to_match(own, series, data)
+                if seed_details:  # a seed without both curves yet is not "no match"
+                    per_seed.append(seed_ratio)
             print(f"  mean curves: Target best {details['target_best']:.4f} at {details['target_steps']} steps "
                   f"(of its {details['target_budget']}-step budget); "
                   f"HPT best {details['hpt_best']:.4f}; HPT steps to match: {details['hpt_steps_to_match']} -> "
