@@ -41,14 +41,13 @@ def export_of(series: str, target: str, strategy: str, steps: int, seed: int) ->
     if strategy == "random":
         return None
     if strategy == "base":
-        arch = network["arch"]
-        return hpt_repro.ssl_base_dir("full", arch) / f"moco-fashion_mnist-{arch}-{network['base_steps']}"
-    return hpt_repro.WORK / "full" / f"{series}-{network['arch']}" / target / f"seed{seed}" / f"{strategy}_{steps}"
+        return hpt_repro.ssl_base_export("full", network["arch"], network["base_steps"])
+    return hpt_repro.series_work("full", series, network["arch"], target) / f"seed{seed}" / f"{strategy}_{steps}"
 
 
 def short_value(series: str, target: str, strategy: str, steps: int, seed: int) -> float | None:
     """The series' own 150-iteration fine-tune of the same checkpoint."""
-    rows = hpt_repro.Results(hpt_repro.RESULTS / f"hpt_repro.{series}.{target}.json").rows
+    rows = hpt_repro.Results(hpt_repro.results_path("full", series, target)).rows
     return next((r["value"] for r in rows if r["protocol"] == "semi_supervised" and r["strategy"] == strategy
                  and r["steps"] == steps and r["seed"] == seed), None)
 
@@ -58,13 +57,13 @@ def measure(iterations: int, seed: int) -> None:
 
     import zoo
     from training.data import open_source
-    from training.models import build_backbone
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    results = hpt_repro.Results(OUT)  # its lookup; rows are written here, in this check's own shape
+    rows = results.rows
     for series, target, strategy, steps in POINTS:
         key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, iterations=iterations)
-        if any(all(row.get(k) == v for k, v in key.items()) for row in rows):
+        if results.has(**key):
             continue
         network = hpt_repro.network_of(series, hpt_repro.FULL)
         export = export_of(series, target, strategy, steps, seed)
@@ -73,10 +72,7 @@ def measure(iterations: int, seed: int) -> None:
             continue
 
         def make_model():
-            if export is None:  # hpt_repro's random init: the seed, then the network
-                torch.manual_seed(seed)
-                return build_backbone(network["arch"], network["channels"]).module
-            return zoo.load(export)
+            return hpt_repro.random_init(network, seed) if export is None else zoo.load(export)
 
         splits = {s: open_source(target, s, target) for s in ("train", "val", "test")}
         config = zoo.info(export)["pretrained_cfg"] if export is not None else None

@@ -221,6 +221,31 @@ def ssl_base_dir(tag: str, arch: str) -> Path:
     return WORK / tag / ("ssl_base" if arch == "mnv2" else f"ssl_base_{arch}")  # round 2's first try: mnv2
 
 
+def ssl_base_export(tag: str, arch: str, steps: int) -> Path:
+    """Where the self-supervised base of `steps` MoCo steps is exported (zoo format)."""
+    return ssl_base_dir(tag, arch) / f"moco-fashion_mnist-{arch}-{steps}"
+
+
+def series_work(tag: str, series: str, arch: str, target: str) -> Path:
+    """One (series, target)'s runs and exports, per network (round 2's first, MobileNetV2, ssl work stays apart);
+    a strategy's export for a seed is `<this>/seed<seed>/<strategy>_<steps>`."""
+    return WORK / tag / f"{series}-{arch}" / target
+
+
+def results_path(tag: str, series: str, target: str) -> Path:
+    return RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}{series}.{target}.json"
+
+
+def random_init(network: dict, seed: int):
+    """The Random strategy's network: the seed, then the series' architecture as built."""
+    import torch
+
+    from training.models import build_backbone
+
+    torch.manual_seed(seed)
+    return build_backbone(network["arch"], network["channels"]).module
+
+
 def ssl_base(protocol: dict, tag: str) -> Path:
     """MoCo v2 from scratch on Fashion-MNIST: the self-supervised base (checkpointed every 250 steps,
     resumable; kNN on the val split every `knn_every` steps)."""
@@ -232,7 +257,7 @@ def ssl_base(protocol: dict, tag: str) -> Path:
     overrides = moco_overrides(network, steps, 0, knn_every=protocol["knn_every"], checkpoint_every=min(steps, 250),
                                keep_checkpoints=2)
     name = format_name(ModelName("moco", "fashion_mnist", arch, steps=steps))
-    exports = ladder_run(work / "run", lambda s: work / f"moco-fashion_mnist-{arch}-{s}", overrides, "fashion_mnist",
+    exports = ladder_run(work / "run", lambda s: ssl_base_export(tag, arch, s), overrides, "fashion_mnist",
                          None, (steps,), lambda s: name, network)
     check_base_identity(exports[steps], protocol, tag)
     return exports[steps]
@@ -294,31 +319,24 @@ def base_knn_curve(tag: str) -> list:
 
 def run_point(series: str, target: str, seed: int, base: str, protocol: dict, tag: str) -> None:
     """Every strategy for one (series, target, seed), cheapest first."""
-    import torch
-
     import zoo
     from training import hpt
-    from training.models import build_backbone
 
     network = network_of(series, protocol)
     arch = network["arch"]
-    work = WORK / tag / f"{series}-{arch}" / target  # per network: round 2's first (MobileNetV2) ssl work stays apart
-    results = Results(RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}{series}.{target}.json")
+    work = series_work(tag, series, arch, target)
+    results = Results(results_path(tag, series, target))
     print(f"[{series} {target} seed {seed}] work in {work}", flush=True)
     base_cfg = zoo.info(base)["pretrained_cfg"]
-
-    def random_init():
-        torch.manual_seed(seed)
-        return build_backbone(arch, network["channels"]).module
-
-    evaluate(results, series, target, "random", 0, seed, random_init, None, protocol)
+    evaluate(results, series, target, "random", 0, seed, lambda: random_init(network, seed), None, protocol)
 
     def random_init_bn():  # the state training starts from: BN statistics of the data, not identity
         from training.data import open_source
         from training.hpt import eval_batches
 
         train = open_source(target, "train", target)
-        return zoo.recalibrate_bn(random_init(), eval_batches(train, spec_for(None, train.domain, network), 250, 2000))
+        return zoo.recalibrate_bn(random_init(network, seed),
+                                  eval_batches(train, spec_for(None, train.domain, network), 250, 2000))
 
     evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
