@@ -360,12 +360,13 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
     for steps in filter(lambda steps: missing("hpt", steps), network["hpt_ladder"]):
         out = trained("hpt", steps, work / f"seed{seed}" / f"hpt_{steps}")
         evaluate(results, series, target, "hpt", steps, seed, lambda: zoo.load(out), base_cfg, protocol)
-    out = trained("hptbn", network["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{network['hptbn_steps']}",
-                  lr=0.1, lr_reference_batch=256)  # the study's HPT-BN lr (0.1 at batch 256, scaled)
-    evaluate(results, series, target, "hptbn", network["hptbn_steps"], seed, lambda: zoo.load(out), base_cfg,
-             protocol)
+    if missing("hptbn", network["hptbn_steps"]):
+        out = trained("hptbn", network["hptbn_steps"], work / f"seed{seed}" / f"hptbn_{network['hptbn_steps']}",
+                      lr=0.1, lr_reference_batch=256)  # the study's HPT-BN lr (0.1 at batch 256, scaled)
+        evaluate(results, series, target, "hptbn", network["hptbn_steps"], seed, lambda: zoo.load(out), base_cfg,
+                 protocol)
     source = SERIES[series]["chain"].get(target)
-    if source:
+    if source and missing(f"chain:{source}", network["chain_steps"]):
         out = trained("hpt", network["chain_steps"], work / f"seed{seed}" / f"chain_{network['chain_steps']}",
                       source=source)
         evaluate(results, series, target, f"chain:{source}", network["chain_steps"], seed, lambda: zoo.load(out),
