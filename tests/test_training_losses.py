@@ -140,6 +140,9 @@ def test_collapse_is_reported_only_when_queries_align_and_positives_are_no_close
     assert collapse_message({**collapsed, "query_spread": 0.75}, 150) is None  # spread out: not collapsed
     assert collapse_message({**collapsed, "cos_positive": 0.95}, 150) is None  # aligned but still discriminating
     assert collapse_message({}, 150) is None
+    # from a pretrained base, "start from a base" would be no advice: it names the base and says to change it
+    from_base = collapse_message(collapsed, 50, "sup-imagenet-mnv2")
+    assert "started from sup-imagenet-mnv2" in from_base and "--init" not in from_base and "ResNet base" in from_base
     # a network whose output ignores the image (constant features) is flagged from its first forward
     constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16))
     with torch.no_grad():

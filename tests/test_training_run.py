@@ -107,7 +107,8 @@ def test_a_collapsed_start_is_reported_once_on_stderr(tmp_path, capsys):
     rows = [row for row in runfiles.read_metrics(tmp_path / "run") if "loss" in row]
     assert all(row["query_spread"] > 0.999 for row in rows), rows
     err = capsys.readouterr().err
-    assert err.count("MoCo's outputs have collapsed by step 1") == 1 and err.count("collapsed") == 1, err
+    assert err.count("MoCo's outputs have collapsed by step 1 (started from") == 1 and err.count("have collapsed") == 1, err
+    assert "ResNet base" in err  # the advice for a run that already has a base: change the base
 
 
 def _cli(args, **kwargs):

@@ -50,23 +50,31 @@ def batch_similarities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.stack([positive, other, spread])
 
 
-def collapse_message(similarities: dict, step: int) -> str | None:
+def collapse_message(similarities: dict, step: int, init: str | None = None) -> str | None:
     """A warning when the logged similarities say the outputs have collapsed: every query points the same way
     and is no closer to its own positive key than to the other images' keys. From there MoCo lowers its loss
     only through the queue's age (keys computed now vs keys enqueued earlier), and it does not leave that
-    state (issue 13: MobileNetV2 from scratch at 28-64 px, every recipe tried; ResNet-18 from scratch on digits).
+    state (issue 13: MobileNetV2 from scratch at 28-64 px, every recipe tried; ResNet-18 from scratch on digits;
+    MobileNetV2 from its supervised ImageNet weights too). `init`: the pretrained start, if any, since the
+    advice differs: a run from scratch should start from a base, a run from a base should change the base.
     """
     if not similarities or similarities["query_spread"] < 0.99 or \
             similarities["cos_positive"] - similarities["cos_other"] > 0.01:
         return None
-    return (f"MoCo's outputs have collapsed by step {step}: queries' mean pairwise cosine "
-            f"{similarities['query_spread']:.4f}, a query is as close to other images' keys "
-            f"({similarities['cos_other']:.4f}) as to its own positive ({similarities['cos_positive']:.4f}), so the "
-            f"loss now falls only through the queue's age and the features stop improving. Seen from scratch with "
-            f"networks that keep no instance information at random init (MobileNetV2 at small scale), and with a "
-            f"ResNet on a tiny low-resolution set (r18c on the 1,347 8x8 digits): start from a pretrained base "
-            f"(--init); from scratch, a ResNet (arch r18c/r18/r50) on thousands of images or more; see README "
-            f"'Training your own backbone'")
+    state = (f"MoCo's outputs have collapsed by step {step}{f' (started from {init})' if init else ''}: queries' "
+             f"mean pairwise cosine {similarities['query_spread']:.4f}, a query is as close to other images' keys "
+             f"({similarities['cos_other']:.4f}) as to its own positive ({similarities['cos_positive']:.4f}), so the "
+             f"loss now falls only through the queue's age and the contrastive objective no longer tells images "
+             f"apart. ")
+    if init:
+        return state + ("Seen from pretrained MobileNetV2 bases (HPT from the supervised ImageNet MobileNetV2 at "
+                        "28-64 px collapses by step 50-250; what the backbone still gains then is adaptation to the "
+                        "data, not instance discrimination): continue from a ResNet base (arch r18c/r18/r50); see "
+                        "README 'Training your own backbone'")
+    return state + ("Seen from scratch with networks that keep no instance information at random init "
+                    "(MobileNetV2 at small scale), and with a ResNet on a tiny low-resolution set (r18c on the "
+                    "1,347 8x8 digits): start from a pretrained base (--init); from scratch, a ResNet (arch "
+                    "r18c/r18/r50) on thousands of images or more; see README 'Training your own backbone'")
 
 
 class MoCo(nn.Module):
