@@ -119,3 +119,32 @@ def test_summary_json_is_strict_json_with_null_for_an_undefined_spread():
     point = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the summary JSON"))["points"][0]
     assert point["mean"] == 0.7 and point["n"] == 1 and point["std"] is None
     assert hpt_repro.signed(float("nan")) == "-" and hpt_repro.signed(0.01234) == "+0.0123"
+
+
+def test_results_tables_are_generated_between_the_markers_and_nowhere_else(tmp_path):
+    """RESULTS.md's series tables come from the JSON: --report rewrites only what lies between its markers, so the
+    hand-written analysis around them survives every report, and a file without the markers is not touched."""
+    rows = []
+    for seed, (hpt, target) in enumerate([(0.72, 0.70), (0.73, 0.69), (0.725, 0.71)]):
+        rows += [row("base", 0, seed, 0.70), row("hpt", 50, seed, hpt), row("target", 1000, seed, target)]
+    rows.append(row("base", 0, 0, 0.45, protocol="semi_supervised"))  # one seed only: no spread
+    summary = hpt_repro.summarise(rows)
+    tables = hpt_repro.markdown_tables(summary, rows, hpt_repro.claim_verdicts(rows))
+    assert "| hpt | 50 | 0.7250 +- 0.0050 (3) | - |" in tables  # mean +- sample std over the 3 seeds
+    assert "| base | 0 | 0.7000 +- 0.0000 (3) | 0.4500 (1) |" in tables
+    # Target's best mean 0.70 at 1000 steps, HPT's 50-step mean 0.725 reaches it
+    assert "HPT steps to match: 50 -> 20.0x; per seed: 20.0x, 20.0x, 20.0x" in tables
+    assert "| HPT > Base | ssl | animals | linear | hpt 50 - base 0 | +0.0250 |" in tables
+    assert tables.endswith("`hpt steps-to-match speedup vs target: 20.0x`")
+
+    results = tmp_path / "RESULTS.md"
+    before, after = "# Results\nanalysis by hand\n", "\n## Next section\nmore text\n"
+    results.write_text(f"{before}{hpt_repro.TABLES_START}\nstale table\n{hpt_repro.TABLES_END}{after}")
+    assert hpt_repro.write_tables_into(results, tables)
+    text = results.read_text()
+    assert text.startswith(before) and text.endswith(after) and "stale table" not in text and tables in text
+    assert hpt_repro.write_tables_into(results, tables) and results.read_text() == text  # a second report: the same
+    untouched = tmp_path / "other.md"
+    untouched.write_text(f"no markers here\n{hpt_repro.TABLES_END}\n{hpt_repro.TABLES_START}\n")  # wrong order too
+    assert not hpt_repro.write_tables_into(untouched, tables)
+    assert untouched.read_text() == f"no markers here\n{hpt_repro.TABLES_END}\n{hpt_repro.TABLES_START}\n"
