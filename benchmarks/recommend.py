@@ -18,7 +18,7 @@ Candidates, one family per run:
   HPT, HPT-BN, chain and Target rungs): distinct checkpoints of one family, as a user's shortlist would be.
 
     python benchmarks/recommend.py                      # resumable: full-probe rows are cached
-    python benchmarks/recommend.py --family r18c
+    python benchmarks/recommend.py --family r18c [--retest]   # --retest: the reference's own reliability
     python benchmarks/recommend.py --report             # every family; the mnv2 headline last
 
 Results: benchmarks/results/recommend.json (mnv2), recommend.r18c.json.
@@ -151,7 +151,8 @@ def candidates(pool: Path) -> list[str]:
     return found
 
 
-def full_probe(name: str, data: str, sets, family: dict) -> dict:
+def full_probe(name: str, data: str, sets, family: dict, **retest) -> dict:
+    """The full linear probe of one candidate; `retest` (draw=1, seed=1): the same protocol on other images."""
     import zoo
     from training.evaluate import linear_eval
     from training.views import input_spec
@@ -161,7 +162,7 @@ def full_probe(name: str, data: str, sets, family: dict) -> dict:
     cfg = zoo.info(name)["pretrained_cfg"]
     loaded = time.perf_counter()
     spec = input_spec(sets[0].domain, "auto", family["image_size"], base_cfg=cfg, crop_pct=family["crop_pct"])
-    record = linear_eval(model, *sets, spec, data, **FULL_PROBE)
+    record = linear_eval(model, *sets, spec, data, **FULL_PROBE, **retest)
     return {"value": record["value"], "lr": record["lr"], "load_s": loaded - start,
             "seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
@@ -174,6 +175,9 @@ def main() -> int:
     parser.add_argument("--family", choices=tuple(FAMILIES), default="mnv2", help="the candidates' family")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--quick", action="store_true", help="digits only, tiny probe, separate JSON: a smoke check")
+    parser.add_argument("--retest", action="store_true",
+                        help="also rerun the full probe on other images (another fixed draw, probe seed 1): how well "
+                             "the reference agrees with itself, the most any quick ranking can agree with it")
     args = parser.parse_args()
     family = FAMILIES[args.family]
     results_path = results_file(args.family, args.quick)
@@ -195,6 +199,7 @@ def main() -> int:
     from training.runfiles import atomic_write_bytes
 
     results = json.loads(results_path.read_text()) if results_path.exists() else {"full": [], "quick": []}
+    results.setdefault("retest", [])
     names = candidates(Path(args.pool)) if args.family == "mnv2" else r18c_candidates()
     print(f"{len(names)} candidates: {names}", flush=True)
 
@@ -210,6 +215,13 @@ def main() -> int:
             results["full"].append(row)
             save()
             print(f"  full  {data:14s} {row['value']:.4f} {row['seconds']:6.1f} s  {name}", flush=True)
+        for name in names if args.retest else ():
+            if any(r["data"] == data and r["name"] == name for r in results["retest"]):
+                continue
+            row = {"data": data, "name": name, **full_probe(name, data, sets, family, draw=1, seed=1)}
+            results["retest"].append(row)
+            save()
+            print(f"  retest {data:13s} {row['value']:.4f} {row['seconds']:6.1f} s  {name}", flush=True)
         train = sets[0]
         images = train._array[:, :, :, 0] if train._array is not None else [train.image(i) for i in range(len(train))]
         cpu = time.process_time()
@@ -256,6 +268,11 @@ def report_family(path: Path, family: str, headline_sample: int) -> None:
         summaries[entry["sample"]] = (taus + [tau], quick_cost + quick, full_cost + cost)
         print(f"\n{data}: {len(rows)} candidates, recommend sample {entry['sample']}: kendall tau-b {tau:.2f}, "
               f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%)")
+        retest = {r["name"]: r["value"] for r in results.get("retest", []) if r["data"] == data}
+        if all(r["name"] in retest for r in rows):
+            ceiling = kendall_tau_b([retest[r["name"]] for r in rows], [full[r["name"]]["value"] for r in rows])
+            print(f"  the full probe vs its own retest (other images, probe seed 1): kendall tau-b {ceiling:.2f}, "
+                  "the most any quick ranking can agree with it")
         print(f"  {'quick':>6} {'full':>6}  candidate")
         for r in sorted(rows, key=lambda r: -full[r["name"]]["value"]):
             print(f"  {r['score']:6.3f} {full[r['name']]['value']:6.3f}  {short_name(r['name'])}")

@@ -232,6 +232,16 @@ def test_linear_eval_record_is_the_probe_on_the_fixed_subsets(digits, multi, mon
                    "grid": [{"lr": r["lr"], "val": r["val"], "test": r["test"]} for r in expected["grid"]]}
     assert set(details) == ({"mean_auroc_defined_labels", "one_class_labels", "one_class_rule"} if multi else set())
     assert got["value"] > (0.6 if multi else 0.3)
+    # a retest draws other fixed images for all three splits (draw 0 above is the protocol's own)
+    index, val_index, test_index = subset(300, 1258, 10), subset(80, 269, 12), subset(80, 270, 13)
+    retest = ev.linear_probe(extract(backbone, sets["train"], SPEC, index), y("train", index),
+                             extract(backbone, sets["val"], SPEC, val_index), y("val", val_index),
+                             extract(backbone, sets["test"], SPEC, test_index), y("test", test_index),
+                             11 if multi else 10, multi, **probe)
+    got = ev.linear_eval(backbone, sets["train"], sets["val"], sets["test"], SPEC, "digits", train_images=300,
+                         eval_images=80, draw=1, **probe)
+    assert (got["value"], got["val_score"], got["draw"]) == (retest["value"], retest["val"], 1)
+    assert not np.array_equal(index, subset(300, 1258, 0))
 
 
 class _Recorder(torch.nn.Module):

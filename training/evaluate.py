@@ -175,11 +175,14 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, num_classes: in
 
 
 def linear_eval(backbone, train: ImageSet, val: ImageSet, test: ImageSet, spec: InputSpec, data: str,
-                train_images: int | None = None, eval_images: int | None = None, device="cpu", **probe) -> dict:
+                train_images: int | None = None, eval_images: int | None = None, device="cpu", draw: int = 0,
+                **probe) -> dict:
     """The HPT linear-separability protocol on one data set; returns an evaluation record. `train_images` /
-    `eval_images` subsample (fixed seeds) for CPU budgets; None uses every image."""
-    index = subset(train_images, len(train))
-    val_index, test_index = subset(eval_images, len(val), 2), subset(eval_images, len(test), 3)
+    `eval_images` subsample (fixed seeds) for CPU budgets; None uses every image. `draw` picks another fixed
+    subsample (0: the protocol's own): the same protocol on other images, to measure how much its result
+    depends on which images it drew (a retest)."""
+    index = subset(train_images, len(train), 10 * draw)
+    val_index, test_index = subset(eval_images, len(val), 2 + 10 * draw), subset(eval_images, len(test), 3 + 10 * draw)
     train_x = extract(backbone, train, spec, index, device=device)
     val_x = extract(backbone, val, spec, val_index, device=device)
     test_x = extract(backbone, test, spec, test_index, device=device)
@@ -192,7 +195,8 @@ def linear_eval(backbone, train: ImageSet, val: ImageSet, test: ImageSet, spec: 
         extra = {k: v for k, v in result.get("test_auroc", {}).items() if k != "value"}
     return record("linear", data, "test", "mean_auroc" if multi else "top1", result["value"], **extra,
                   val_score=result["val"], lr=result["lr"], iteration=result["iteration"],
-                  train_images=len(index), test_images=len(test_index), grid=[{k: r[k] for k in ("lr", "val", "test")} for r in result["grid"]])
+                  train_images=len(index), test_images=len(test_index), grid=[{k: r[k] for k in ("lr", "val", "test")} for r in result["grid"]],
+                  **({"draw": draw} if draw else {}))
 
 
 # ---------------------------------------------------------------- semi-supervised fine-tuning
