@@ -25,6 +25,7 @@ probe and fine-tune seeds; the Base strategies vary by their evaluation seeds on
 
     python benchmarks/hpt_repro.py                 # everything, in priority order; resumable
     python benchmarks/hpt_repro.py --series ssl --seeds 0     # a part
+    python benchmarks/hpt_repro.py --series ssl --part from-scratch   # what needs no ssl base (Target, random)
     python benchmarks/hpt_repro.py --report        # tables + plot from the JSON only (also into RESULTS.md)
     python benchmarks/hpt_repro.py --quick --series ssl --targets digits   # minutes: a smoke check
 
@@ -317,18 +318,22 @@ def base_knn_curve(tag: str) -> list:
     return [tuple(p) for p in json.loads(record.read_text())["knn_top1"]] if record.exists() else []
 
 
-def run_point(series: str, target: str, seed: int, base: str, protocol: dict, tag: str) -> None:
-    """Every strategy for one (series, target, seed), cheapest first."""
+def run_point(series: str, target: str, seed: int, base: str | None, protocol: dict, tag: str,
+              part: str = "all") -> None:
+    """Every strategy for one (series, target, seed), cheapest first; `part` keeps those that start from the base
+    ("from-base": Base, Base-BN, HPT, HPT-BN, chain) or those that do not ("from-scratch": random, Random-BN,
+    Target), so that a session without the ssl base (a new checkout: ~1.4 core-hours to rebuild) can still
+    run the strategies that never touch it."""
     import zoo
-    from training import hpt
 
     network = network_of(series, protocol)
     arch = network["arch"]
     work = series_work(tag, series, arch, target)
     results = Results(results_path(tag, series, target))
     print(f"[{series} {target} seed {seed}] work in {work}", flush=True)
-    base_cfg = zoo.info(base)["pretrained_cfg"]
-    evaluate(results, series, target, "random", 0, seed, lambda: random_init(network, seed), None, protocol)
+    from_base, from_scratch = part in ("all", "from-base"), part in ("all", "from-scratch")
+    if from_scratch:
+        evaluate(results, series, target, "random", 0, seed, lambda: random_init(network, seed), None, protocol)
 
     def random_init_bn():  # the state training starts from: BN statistics of the data, not identity
         from training.data import open_source
@@ -338,12 +343,34 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
         return zoo.recalibrate_bn(random_init(network, seed),
                                   eval_batches(train, spec_for(None, train.domain, network), 250, 2000))
 
-    evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
+    if from_scratch:
+        evaluate(results, series, target, "random_bn", 0, seed, random_init_bn, None, protocol, semi=False)
+    if from_base:
+        run_from_base(results, series, target, seed, base, protocol, work, network)
+    if from_scratch:
+        run_target(results, series, target, seed, protocol, work, network)
+
+
+def point_missing(results: "Results", series: str, target: str, strategy: str, steps: int, seed: int,
+                  arch: str) -> bool:
+    """Whether a point still needs measuring. The exports live in _work, which a new checkout lacks: a strategy is
+    retrained only for a point still to measure."""
+    return bool(results.missing(dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed,
+                                     arch=arch)))
+
+
+def run_from_base(results: "Results", series: str, target: str, seed: int, base: str, protocol: dict, work: Path,
+                  network: dict) -> None:
+    """Base, Base-BN, the HPT ladder, HPT-BN and the chain: every strategy that starts from the base."""
+    import zoo
+    from training import hpt
+
+    arch = network["arch"]
+    base_cfg = zoo.info(base)["pretrained_cfg"]
     evaluate(results, series, target, "base", 0, seed, lambda: zoo.load(base), base_cfg, protocol)
 
-    def missing(strategy: str, steps: int) -> bool:  # the exports live in _work, which a new checkout lacks:
-        return bool(results.missing(dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed,
-                                         arch=arch)))  # retrain only for a point still to measure
+    def missing(strategy: str, steps: int) -> bool:
+        return point_missing(results, series, target, strategy, steps, seed, arch)
 
     base_bn = work / "base_bn"  # deterministic: one recalibration serves every seed
     if missing("base_bn", 0) and not (base_bn / "zoo.json").exists():
@@ -371,8 +398,18 @@ def run_point(series: str, target: str, seed: int, base: str, protocol: dict, ta
                       source=source)
         evaluate(results, series, target, f"chain:{source}", network["chain_steps"], seed, lambda: zoo.load(out),
                  base_cfg, protocol)
+
+
+def run_target(results: "Results", series: str, target: str, seed: int, protocol: dict, work: Path,
+               network: dict) -> None:
+    """Target: MoCo v2 from scratch on the target, one run whose cosine schedule spans the top rung, exported at
+    every rung."""
+    import zoo
+    from training import hpt
+
+    arch = network["arch"]
     ladder = network["target_ladder"]
-    if not any(missing("target", steps) for steps in ladder):
+    if not any(point_missing(results, series, target, "target", steps, seed, arch) for steps in ladder):
         return
     seed_dir = work / f"seed{seed}"
     exports = ladder_run(seed_dir / "target_run", lambda s: seed_dir / f"target_{s}",
@@ -507,13 +544,13 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1]))
+    columns = panels(summary)
     protocols = tuple(PROTOCOL_LABEL)
-    figure, axes = plt.subplots(len(protocols), len(panels), figsize=(5.5 * len(panels), 4.2 * len(protocols)),
+    figure, axes = plt.subplots(len(protocols), len(columns), figsize=(5.5 * len(columns), 4.2 * len(protocols)),
                                 squeeze=False)
     spread = lambda point: 0 if math.isnan(point["std"]) else point["std"]  # noqa: E731
     for row, protocol in enumerate(protocols):
-        for axis, (series, data) in zip(axes[row], panels):
+        for axis, (series, data) in zip(axes[row], columns):
             points = {k: v for k, v in summary.items() if k[:2] == (series, data) and k[4] == protocol}
             for strategy, (color, style) in STRATEGY_STYLE.items():
                 curve = sorted((k[3], v, k[2]) for k, v in points.items() if k[2].split(":")[0] == strategy)
@@ -731,6 +768,10 @@ def main() -> int:
     parser.add_argument("--targets", help="comma-separated targets (default: the series' own)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument("--base-only", action="store_true", help="only train/export the self-supervised base")
+    parser.add_argument("--part", choices=("all", "from-base", "from-scratch"), default="all",
+                        help="only the strategies that start from the base (Base, Base-BN, HPT, HPT-BN, chain) or "
+                             "only those that do not (random, Random-BN, Target): a new checkout has no ssl base "
+                             "until it is rebuilt (~1.4 core-hours), and from-scratch work does not wait for it")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes: a smoke check")
     parser.add_argument("--report", action="store_true", help="only read the JSON and print the summary")
     args = parser.parse_args()
@@ -745,7 +786,8 @@ def main() -> int:
     ensure_base_offline()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(protocol["seeds"])
     series_list = args.series or list(SERIES)
-    if "ssl" in series_list or args.base_only:
+    ssl = None
+    if ("ssl" in series_list and args.part != "from-scratch") or args.base_only:
         ssl = str(ssl_base(protocol, tag))
     if args.base_only:
         report(tag)
@@ -754,7 +796,7 @@ def main() -> int:
         for series in series_list:
             targets = args.targets.split(",") if args.targets else SERIES[series]["targets"]
             for target in targets:
-                run_point(series, target, seed, ssl if series == "ssl" else SUP_BASE, protocol, tag)
+                run_point(series, target, seed, ssl if series == "ssl" else SUP_BASE, protocol, tag, args.part)
     report(tag)
     return 0
 
