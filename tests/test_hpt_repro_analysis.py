@@ -129,7 +129,8 @@ def test_results_tables_are_generated_between_the_markers_and_nowhere_else(tmp_p
         rows += [row("base", 0, seed, 0.70), row("hpt", 50, seed, hpt), row("target", 1000, seed, target)]
     rows.append(row("base", 0, 0, 0.45, protocol="semi_supervised"))  # one seed only: no spread
     summary = hpt_repro.summarise(rows)
-    tables = hpt_repro.markdown_tables(summary, rows, hpt_repro.claim_verdicts(rows))
+    tables = hpt_repro.markdown_tables(summary, rows, hpt_repro.claim_verdicts(rows),
+                                       hpt_repro.steps_to_match_lines(summary, rows))
     assert "| hpt | 50 | 0.7250 +- 0.0050 (3) | - |" in tables  # mean +- sample std over the 3 seeds
     assert "| base | 0 | 0.7000 +- 0.0000 (3) | 0.4500 (1) |" in tables
     # Target's best mean 0.70 at 1000 steps, HPT's 50-step mean 0.725 reaches it
