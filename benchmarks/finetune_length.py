@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hpt_repro  # noqa: E402  (the series' layout, network and fine-tune settings)
+import hpt_repro  # noqa: E402  (the series' evaluation pieces)
+import hpt_series  # noqa: E402  (the series' layout, network and fine-tune settings)
 
-OUT = hpt_repro.RESULTS / "finetune_length.json"
+OUT = hpt_series.RESULTS / "finetune_length.json"
 # (series, target, strategy, steps), seed 0: the comparisons the fine-tune verdicts rest on, cheapest set first
 POINTS = (("ssl", "digits", "random", 0), ("ssl", "digits", "base", 0), ("ssl", "digits", "hpt", 50),
           ("ssl", "digits", "hpt", 150), ("ssl", "digits", "hpt", 500),
@@ -37,17 +38,17 @@ POINTS = (("ssl", "digits", "random", 0), ("ssl", "digits", "base", 0), ("ssl", 
 
 def export_of(series: str, target: str, strategy: str, steps: int, seed: int) -> Path | None:
     """The series' export of one strategy (None for random init, built from the seed)."""
-    network = hpt_repro.network_of(series, hpt_repro.FULL)
+    network = hpt_series.network_of(series, hpt_series.FULL)
     if strategy == "random":
         return None
     if strategy == "base":
-        return hpt_repro.ssl_base_export("full", network["arch"], network["base_steps"])
-    return hpt_repro.series_work("full", series, network["arch"], target) / f"seed{seed}" / f"{strategy}_{steps}"
+        return hpt_series.ssl_base_export("full", network["arch"], network["base_steps"])
+    return hpt_series.series_work("full", series, network["arch"], target) / f"seed{seed}" / f"{strategy}_{steps}"
 
 
 def short_value(series: str, target: str, strategy: str, steps: int, seed: int) -> float | None:
     """The series' own 150-iteration fine-tune of the same checkpoint."""
-    rows = hpt_repro.Results(hpt_repro.results_path("full", series, target)).rows
+    rows = hpt_repro.Results(hpt_series.results_path("full", series, target)).rows
     return next((r["value"] for r in rows if r["protocol"] == "semi_supervised" and r["strategy"] == strategy
                  and r["steps"] == steps and r["seed"] == seed), None)
 
@@ -65,7 +66,7 @@ def measure(iterations: int, seed: int) -> None:
         key = dict(series=series, data=target, strategy=strategy, steps=steps, seed=seed, iterations=iterations)
         if results.has(**key):
             continue
-        network = hpt_repro.network_of(series, hpt_repro.FULL)
+        network = hpt_series.network_of(series, hpt_series.FULL)
         export = export_of(series, target, strategy, steps, seed)
         if export is not None and not (export / "zoo.json").exists():
             print(f"skip {key}: no export at {export} (run hpt_repro.py first)", flush=True)
@@ -78,7 +79,7 @@ def measure(iterations: int, seed: int) -> None:
         config = zoo.info(export)["pretrained_cfg"] if export is not None else None
         spec = hpt_repro.spec_for(config, splits["train"].domain, network)
         start = time.time()
-        record = hpt_repro.finetune_point(make_model, splits, spec, target, seed, hpt_repro.FULL, iterations)
+        record = hpt_repro.finetune_point(make_model, splits, spec, target, seed, hpt_series.FULL, iterations)
         rows.append({**key, "value": record["value"], "val": record["val_score"], "best_iteration": record["iteration"],
                      "short_value": short_value(series, target, strategy, steps, seed), "seconds": time.time() - start})
         from training.runfiles import atomic_write_bytes

@@ -35,6 +35,9 @@ every training run resumes from its last checkpoint, so the same command continu
 checkout has no _work: the ssl base is then retrained from its recipe and must match the sha256 recorded in
 benchmarks/results/hpt_repro.ssl_base.json (it did, bit for bit, on 2026-11-26), and a strategy is retrained
 only for the points still missing.
+
+This file trains and measures; the series' definition (networks, recipes, ladders, layout) is hpt_series.py and
+the analysis behind --report is hpt_report.py.
 """
 from __future__ import annotations
 
@@ -46,69 +49,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-WORK = HERE / "_work" / "hpt2"
-SUP_BASE = "sup-imagenet-mnv2"
-SERIES = {
-    "ssl": {"targets": ("animals", "digits"), "chain": {"digits": "animals"}, "source": "fashion_mnist"},
-    "sup": {"targets": ("fashion_mnist", "animals"), "chain": {"fashion_mnist": "animals"}},
-}
-
-# MoCo v2 as in the study (T 0.2, MLP head 2048, blur), sized for a CPU: lr 0.03 at batch 256 scaled
-# linearly, a 4096-key queue and key momentum 0.99, split-BN in 8 groups against BN leakage on one device.
-MOCO = {"lr": 0.03, "lr_reference_batch": 256, "queue_size": 4096, "ema_momentum": 0.99, "temperature": 0.2,
-        "proj_hidden": 2048, "bn_splits": 8, "augment": "moco"}
-# The CIFAR-scale MoCo v2 recipe (training.config METHOD_DEFAULTS ("moco", "small"): T 0.1, MLP 512, wd 5e-4,
-# no blur, lr 0.06 at batch 512), the one quality_fashion.py trains with; spelled out so the series does not
-# move if the defaults do.
-SMALL_MOCO = {"lr": 0.06, "lr_reference_batch": 512, "weight_decay": 5e-4, "queue_size": 4096, "ema_momentum": 0.99,
-              "temperature": 0.1, "proj_hidden": 512, "bn_splits": 8, "augment": "moco_small"}
-
-# The network, input and MoCo recipe of each series (every strategy of a series uses them). Round 2 measured
-# that MoCo from scratch on MobileNetV2 collapses under every recipe tried at this scale (benchmarks/RESULTS.md,
-# "Why Target fell below random init"): its queries all end up pointing one way and only the queue's age
-# separates keys. The self-supervised series therefore runs on the one setting measured to learn from scratch
-# here, quality_fashion's ResNet-18 (CIFAR stem, 1 gray channel, 28 px, batch 128), whose base is that run's
-# MoCo recipe and budget (1132 steps). The supervised series keeps MobileNetV2 (the only supervised ImageNet
-# network available offline) and round 1's recipe, so its Target shows the collapse and its HPT what
-# continuing from a network that does tell images apart gives.
-NETWORKS = {
-    "ssl": {"arch": "r18c", "channels": 1, "resolution": 28, "crop_pct": None, "batch_size": 128,
-            "moco": SMALL_MOCO, "base_steps": 1132,
-            "target_ladder": (100, 300, 1000), "hpt_ladder": (50, 150, 500), "hptbn_steps": 150, "chain_steps": 150},
-    "sup": {"arch": "mnv2", "channels": 3, "resolution": 64, "crop_pct": 1.0, "batch_size": 32, "moco": MOCO,
-            "target_ladder": (100, 300, 1000, 3000), "hpt_ladder": (50, 150, 500, 1500, 5000), "hptbn_steps": 500,
-            "chain_steps": 500},
-}
-ORDER = ("random", "random_bn", "base", "base_bn", "target", "hpt", "hptbn", "chain")
-
-FULL = {
-    "seeds": (0, 1, 2), "network": {},
-    "knn_every": 250,  # the self-supervised base's kNN monitor (val split)
-    "linear": {"train_images": 3000, "eval_images": 1000, "iterations": 1000, "lrs": (0.3, 3.0, 30.0)},
-    # the study's fine-tune lr 0.01 (head x100) is for batch 512: scaled linearly to batch 32 (at 0.01 the
-    # head's lr of 1.0 diverged in round 1)
-    "semi": {"labels": 1000, "iterations": 150, "batch_size": 32, "lrs": (0.01 * 32 / 512,), "eval_images": 2000},
-}
-QUICK = {
-    "seeds": (0, 1), "knn_every": 10,
-    "network": {"resolution": 32, "batch_size": 16, "base_steps": 20, "target_ladder": (5, 10), "hpt_ladder": (3, 6),
-                "hptbn_steps": 4, "chain_steps": 3},
-    "linear": {"train_images": 300, "eval_images": 150, "iterations": 100, "lrs": (3.0,)},
-    "semi": {"labels": 100, "iterations": 3, "batch_size": 16, "lrs": (0.01 * 16 / 512,), "eval_images": 150},
-}
-
-
-def network_of(series: str, protocol: dict) -> dict:
-    return {**NETWORKS[series], **protocol["network"]}
-
-
-def moco_overrides(network: dict, steps: int, seed: int, **extra) -> dict:
-    sized = {"crop_pct": network["crop_pct"]} if network["crop_pct"] is not None else {}
-    return {**network["moco"], "steps": steps, "batch_size": network["batch_size"],
-            "image_size": network["resolution"], **sized, "progress": False, "checkpoint_every": min(steps, 250),
-            "keep_checkpoints": 2, "seed": seed, "device": "cpu", "log_every": 25, **extra}
+from hpt_report import report
+from hpt_series import (FULL, HERE, QUICK, SERIES, SUP_BASE, base_knn_curve, base_record_path, load_rows,
+                        moco_overrides, network_of, results_path, series_work, ssl_base_dir, ssl_base_export)
 
 
 # ------------------------------------------------------------------ results
@@ -218,25 +161,6 @@ def ladder_run(run_dir: Path, export_dir, config_overrides: dict, data: str, ini
     return exports
 
 
-def ssl_base_dir(tag: str, arch: str) -> Path:
-    return WORK / tag / ("ssl_base" if arch == "mnv2" else f"ssl_base_{arch}")  # round 2's first try: mnv2
-
-
-def ssl_base_export(tag: str, arch: str, steps: int) -> Path:
-    """Where the self-supervised base of `steps` MoCo steps is exported (zoo format)."""
-    return ssl_base_dir(tag, arch) / f"moco-fashion_mnist-{arch}-{steps}"
-
-
-def series_work(tag: str, series: str, arch: str, target: str) -> Path:
-    """One (series, target)'s runs and exports, per network (round 2's first, MobileNetV2, ssl work stays apart);
-    a strategy's export for a seed is `<this>/seed<seed>/<strategy>_<steps>`."""
-    return WORK / tag / f"{series}-{arch}" / target
-
-
-def results_path(tag: str, series: str, target: str) -> Path:
-    return RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}{series}.{target}.json"
-
-
 def random_init(network: dict, seed: int):
     """The Random strategy's network: the seed, then the series' architecture as built."""
     import torch
@@ -262,10 +186,6 @@ def ssl_base(protocol: dict, tag: str) -> Path:
                          None, (steps,), lambda s: name, network)
     check_base_identity(exports[steps], protocol, tag)
     return exports[steps]
-
-
-def base_record_path(tag: str) -> Path:
-    return RESULTS / f"hpt_repro.{'' if tag == 'full' else tag + '.'}ssl_base.json"
 
 
 def check_base_identity(export: Path, protocol: dict, tag: str) -> None:
@@ -305,17 +225,6 @@ def check_base_identity(export: Path, protocol: dict, tag: str) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
     print(f"ssl base {export.name}: sha256 {sha[:12]}... recorded in {path}" +
           (f" (Base linear on {checked['data']} reproduced: {checked['linear']:.4f})" if checked else ""), flush=True)
-
-
-def base_knn_curve(tag: str) -> list:
-    """The base run's kNN monitor; from the committed record when the run folder is gone (a new checkout)."""
-    from training import runfiles
-
-    run = ssl_base_dir(tag, NETWORKS["ssl"]["arch"]) / "run"
-    if run.exists():
-        return [(r["step"], r["knn_top1"]) for r in runfiles.read_metrics(run) if "knn_top1" in r]
-    record = base_record_path(tag)
-    return [tuple(p) for p in json.loads(record.read_text())["knn_top1"]] if record.exists() else []
 
 
 def run_point(series: str, target: str, seed: int, base: str | None, protocol: dict, tag: str,
@@ -380,7 +289,10 @@ def run_from_base(results: "Results", series: str, target: str, seed: int, base:
     def trained(strategy: str, steps: int, out: Path, **extra) -> Path:
         if not (out / "zoo.json").exists():
             spec = hpt.recipe(strategy, target, arch, base=base, source=extra.pop("source", None))
-            hpt.run(spec, out, work=work / f"runs-{out.name}", overrides=moco_overrides(network, steps, seed, **extra))
+            # the run folder sits beside its export, in the seed's folder: one shared by the seeds (runs-<name>, before
+            # 2026-11-26) held the first seed's run, and the next seed's run refused it (another recipe: the seed)
+            hpt.run(spec, out, work=out.parent / f"runs-{out.name}",
+                    overrides=moco_overrides(network, steps, seed, **extra))
         return out
 
     for steps in filter(lambda steps: missing("hpt", steps), network["hpt_ladder"]):
@@ -419,322 +331,6 @@ def run_target(results: "Results", series: str, target: str, seed: int, protocol
         evaluate(results, series, target, "target", steps, seed, lambda: zoo.load(path),
                  zoo.info(path)["pretrained_cfg"], protocol)
 
-
-# ------------------------------------------------------------------ report (reads the JSON only)
-def load_rows(tag: str) -> list[dict]:
-    rows = []
-    prefix = "hpt_repro." if tag == "full" else f"hpt_repro.{tag}."
-    for series in SERIES:
-        for path in sorted(RESULTS.glob(f"{prefix}{series}.*.json")):
-            rows += json.loads(path.read_text())
-    return rows
-
-
-def summarise(rows: list[dict]) -> dict:
-    """(series, data, strategy, steps, protocol) -> {"mean", "std", "n", "values"}."""
-    groups: dict = {}
-    for row in rows:
-        groups.setdefault((row["series"], row["data"], row["strategy"], row["steps"], row["protocol"]), []).append(
-            row["value"])
-    out = {}
-    for key, values in groups.items():
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
-        out[key] = {"mean": mean, "std": std, "n": len(values), "values": values}
-    return out
-
-
-def steps_to_match(curves: dict, series: str, data: str) -> tuple[float | None, dict]:
-    """On the curves given ({(series, data, strategy, steps, "linear"): value}): Target's best and the step
-    where it is reached; the fewest HPT steps whose value matches it. Ratio = target steps / HPT steps."""
-    target = sorted((k[3], v) for k, v in curves.items() if k[:3] == (series, data, "target") and k[4] == "linear")
-    hpt_runs = sorted((k[3], v) for k, v in curves.items() if k[:3] == (series, data, "hpt") and k[4] == "linear")
-    if not target or not hpt_runs:
-        return None, {}
-    best_steps, best = max(target, key=lambda item: item[1])
-    matched = next((steps for steps, value in hpt_runs if value >= best), None)
-    details = {"target_best": best, "target_steps": best_steps, "target_budget": target[-1][0],
-               "hpt_best": max(v for _, v in hpt_runs),
-               "hpt_steps_to_match": matched}
-    return (best_steps / matched if matched else None), details
-
-
-# The study's claims, each a paired comparison over seeds (the same seed's two values: the Base strategies
-# vary only by their evaluation seeds, so every pair shares the probe's and the fine-tune's draws). The rule
-# was fixed before the seeds 1 and 2 finished: a difference counts only when its 95% t-interval (n - 1
-# degrees of freedom: 4.30 x its standard error at n = 3) excludes 0; fewer than 3 pairs is "pending".
-CLAIMS = (
-    # (claim, better, worse, protocols); "hpt@*" = every HPT rung of the ladder, each compared on its own
-    ("HPT > Base", "hpt@*", "base@0", ("linear", "semi_supervised")),
-    ("Base-BN vs Base", "base_bn@0", "base@0", ("linear", "semi_supervised")),
-    ("HPT-BN vs HPT (same steps)", "hptbn@{hptbn}", "hpt@{hptbn}", ("linear", "semi_supervised")),
-    ("chain vs HPT (same steps)", "chain@{chain}", "hpt@{chain}", ("linear", "semi_supervised")),
-)
-MIN_PAIRS = 3
-
-
-def paired_difference(rows: list[dict], first: tuple, second: tuple) -> dict | None:
-    """first - second over the seeds both have; first/second = (series, data, strategy, steps, protocol).
-    Returns mean, std, n, the 95% t-interval and a verdict: "higher", "lower", "within noise" or "pending"."""
-    from scipy import stats
-
-    def by_seed(key):
-        return {r["seed"]: r["value"] for r in rows
-                if (r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]) == key}
-
-    a, b = by_seed(first), by_seed(second)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    differences = [a[s] - b[s] for s in seeds]
-    n = len(differences)
-    mean = sum(differences) / n
-    if n < 2:
-        return {"mean": mean, "std": float("nan"), "n": n, "low": float("nan"), "high": float("nan"),
-                "verdict": f"pending (n={n})"}
-    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
-    low, high = mean - half, mean + half
-    verdict = (f"pending (n={n})" if n < MIN_PAIRS else "higher" if low > 0 else "lower" if high < 0
-               else "within noise")
-    return {"mean": mean, "std": std, "n": n, "low": low, "high": high, "verdict": verdict}
-
-
-def claim_verdicts(rows: list[dict]) -> list[dict]:
-    """Every paired comparison of CLAIMS that the results hold, per (series, target, protocol)."""
-    out = []
-    for series, data in sorted({(r["series"], r["data"]) for r in rows}):
-        network = NETWORKS[series]
-        chain_source = SERIES[series]["chain"].get(data)
-        rungs = {"hptbn": network["hptbn_steps"], "chain": network["chain_steps"]}
-        for claim, better, worse, protocols in CLAIMS:
-            strategy = better.split("@")[0]
-            if strategy == "chain":
-                if not chain_source:
-                    continue
-                strategy = f"chain:{chain_source}"
-            steps = list(network["hpt_ladder"]) if better.endswith("@*") else [
-                int(better.split("@")[1].format(**rungs))]
-            for step in steps:
-                worse_strategy, worse_steps = worse.split("@")
-                worse_steps = step if worse_steps == "*" else int(worse_steps.format(**rungs))
-                for protocol in protocols:
-                    result = paired_difference(rows, (series, data, strategy, step, protocol),
-                                               (series, data, worse_strategy, worse_steps, protocol))
-                    if result:
-                        out.append({"claim": claim, "series": series, "data": data, "protocol": protocol,
-                                    "first": f"{strategy} {step}", "second": f"{worse_strategy} {worse_steps}",
-                                    **result})
-    return out
-
-
-# one colour per strategy in every panel, so a reader can follow HPT across targets and protocols
-STRATEGY_STYLE = {"target": ("tab:blue", "o-"), "hpt": ("tab:orange", "s-"), "hptbn": ("tab:green", "^"),
-                  "chain": ("tab:purple", "*")}
-LINE_STYLE = {"random": ("red", "-."), "base": ("gray", "--"), "base_bn": ("black", ":")}
-PROTOCOL_LABEL = {"linear": "linear probe top-1 (test)", "semi_supervised": "1000-label fine-tune top-1 (test)"}
-
-
-def plot(summary: dict, path: Path) -> None:
-    """One column per (series, target), one row per protocol; markers are means over seeds, bars +- std
-    (none at n = 1), horizontal lines the step-free strategies with their +- std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = panels(summary)
-    protocols = tuple(PROTOCOL_LABEL)
-    figure, axes = plt.subplots(len(protocols), len(columns), figsize=(5.5 * len(columns), 4.2 * len(protocols)),
-                                squeeze=False)
-    spread = lambda point: 0 if math.isnan(point["std"]) else point["std"]  # noqa: E731
-    for row, protocol in enumerate(protocols):
-        for axis, (series, data) in zip(axes[row], columns):
-            points = {k: v for k, v in summary.items() if k[:2] == (series, data) and k[4] == protocol}
-            for strategy, (color, style) in STRATEGY_STYLE.items():
-                curve = sorted((k[3], v, k[2]) for k, v in points.items() if k[2].split(":")[0] == strategy)
-                if curve:
-                    label = strategy if strategy != "chain" else f"chain via {curve[0][2][6:]}"
-                    axis.errorbar([s for s, _, _ in curve], [v["mean"] for _, v, _ in curve],
-                                  yerr=[spread(v) for _, v, _ in curve], fmt=style, color=color, capsize=3,
-                                  markersize=10 if strategy == "chain" else 6,
-                                  label=f"{label} (n={min(v['n'] for _, v, _ in curve)})")
-            for strategy, (color, dash) in LINE_STYLE.items():
-                point = next((v for k, v in points.items() if k[2] == strategy), None)
-                if point:
-                    axis.axhline(point["mean"], color=color, linestyle=dash, label=f"{strategy} (n={point['n']})")
-                    if spread(point):
-                        axis.axhspan(point["mean"] - point["std"], point["mean"] + point["std"], color=color,
-                                     alpha=0.12)
-            if not points:
-                axis.set_axis_off()
-                continue
-            axis.set_xscale("log")
-            axis.set_xlabel("MoCo steps on the target (log)")
-            axis.set_ylabel(f"{PROTOCOL_LABEL[protocol]}, mean +- std")
-            axis.set_title(f"{data}, {'self-supervised' if series == 'ssl' else 'supervised ImageNet'} base")
-            axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-
-
-def signed(value: float) -> str:
-    """An interval's bound; with one seed there is none ("-", not nan)."""
-    return "-" if math.isnan(value) else f"{value:+.4f}"
-
-
-def json_dumps(data) -> str:
-    """Strict JSON: an undefined spread (one seed) is null, not NaN (which other JSON readers refuse)."""
-    def clean(value):
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-    return json.dumps(clean(data), indent=1, allow_nan=False)
-
-
-# RESULTS.md holds the series' tables between these markers; `--report` rewrites what lies between them from the
-# JSON (never by hand), and leaves the rest of the file as it is
-RESULTS_MD = HERE / "RESULTS.md"
-TABLES_START = "<!-- hpt_repro --report writes from here: generated from benchmarks/results, edits are overwritten -->"
-TABLES_END = "<!-- hpt_repro --report writes up to here -->"
-
-
-def cell(point: dict | None) -> str:
-    """mean +- std (n); one seed has no spread."""
-    if not point:
-        return "-"
-    spread = "" if math.isnan(point["std"]) else f" +- {point['std']:.4f}"
-    return f"{point['mean']:.4f}{spread} ({point['n']})"
-
-
-def panel_keys(summary: dict, series: str, data: str) -> list[tuple]:
-    return sorted({k[2:4] for k in summary if k[:2] == (series, data)},
-                  key=lambda k: (ORDER.index(k[0].split(":")[0]), k[1]))
-
-
-def steps_to_match_line(summary: dict, rows: list[dict], series: str, data: str) -> tuple[str | None, float | None]:
-    """Steps-to-match on the mean curves, with the per-seed ratios as its spread (None: no Target/HPT pair)."""
-    ratio, details = steps_to_match({k: v["mean"] for k, v in summary.items()}, series, data)
-    if not details:
-        return None, None
-    per_seed = []
-    for seed in sorted({r["seed"] for r in rows if r["series"] == series and r["data"] == data}):
-        own = {(r["series"], r["data"], r["strategy"], r["steps"], r["protocol"]): r["value"] for r in rows
-               if r["seed"] == seed}
-        seed_ratio, seed_details = steps_to_match(own, series, data)
-        if seed_details:  # a seed without both curves yet is not "no match"
-            per_seed.append(seed_ratio)
-    line = (f"mean curves: Target best {details['target_best']:.4f} at {details['target_steps']} steps "
-            f"(of its {details['target_budget']}-step budget); HPT best {details['hpt_best']:.4f}; HPT steps to "
-            f"match: {details['hpt_steps_to_match']} -> " + (f"{ratio:.1f}x" if ratio else "no match")
-            + "; per seed: " + ", ".join(f"{r:.1f}x" if r else "none" for r in per_seed))
-    return line, ratio
-
-
-def steps_to_match_lines(summary: dict, rows: list[dict]) -> dict:
-    """(series, data) -> (steps-to-match line or None, ratio) for every panel, in the report's order."""
-    return {(series, data): steps_to_match_line(summary, rows, series, data) for series, data in panels(summary)}
-
-
-def speedup_line(lines: dict) -> str:
-    """The headline: the smaller steps-to-match ratio of the ssl series' targets (mean curves)."""
-    ratios = {data: ratio for (series, data), (line, ratio) in lines.items() if series == "ssl" and line}
-    if ratios and all(ratios.values()):
-        return f"hpt steps-to-match speedup vs target: {min(ratios.values()):.1f}x"
-    if ratios:
-        missing = [d for d, r in ratios.items() if not r]
-        return f"hpt steps-to-match speedup vs target: 0.0x (HPT did not match Target's best on {', '.join(missing)})"
-    return "hpt steps-to-match speedup vs target: n/a (the self-supervised-base series has no Target/HPT pair yet)"
-
-
-def panels(summary: dict) -> list[tuple[str, str]]:
-    return sorted({(k[0], k[1]) for k in summary}, key=lambda p: (list(SERIES).index(p[0]), p[1]))
-
-
-PROTOCOL_NAME = {"linear": "linear", "semi_supervised": "fine-tune"}
-
-
-def markdown_tables(summary: dict, rows: list[dict], verdicts: list[dict], lines_to_match: dict) -> str:
-    """The tables RESULTS.md shows, from the same numbers --report prints (`lines_to_match`: steps_to_match_lines)."""
-    seeds = sorted({r["seed"] for r in rows})
-    lines = [f"Generated by `python benchmarks/hpt_repro.py --report` from {len(rows)} measured points (seeds "
-             f"{', '.join(map(str, seeds))}): mean +- std over seeds (n). Linear = the study's linear probe, "
-             "fine-tune = the 1000-label fine-tune (150 iterations; see the fine-tune length check).", ""]
-    for (series, data), (line, _) in lines_to_match.items():
-        base = "self-supervised (MoCo v2 ResNet-18, Fashion-MNIST)" if series == "ssl" else \
-            "supervised ImageNet MobileNetV2"
-        lines += [f"**{data}, {base} base**", "", "| strategy | steps | linear | fine-tune |", "|---|---|---|---|"]
-        for strategy, steps in panel_keys(summary, series, data):
-            lines.append(f"| {strategy} | {steps} | {cell(summary.get((series, data, strategy, steps, 'linear')))} | "
-                         f"{cell(summary.get((series, data, strategy, steps, 'semi_supervised')))} |")
-        if line:
-            lines += ["", f"Steps to match: {line}."]
-        lines.append("")
-    if verdicts:
-        lines += [f"Paired differences over seeds (first - second), 95% t-interval; a verdict needs n >= {MIN_PAIRS}:",
-                  "", "| claim | base | target | protocol | first - second | mean | 95% interval | n | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {v['claim']} | {v['series']} | {v['data']} | {PROTOCOL_NAME[v['protocol']]} | {v['first']} - "
-                  f"{v['second']} | {v['mean']:+.4f} | [{signed(v['low'])}, {signed(v['high'])}] | {v['n']} | "
-                  f"{v['verdict']} |" for v in verdicts]
-        lines.append("")
-    lines.append(f"`{speedup_line(lines_to_match)}`")
-    return "\n".join(lines)
-
-
-def write_tables_into(path: Path, tables: str) -> bool:
-    """Replace what lies between the markers in `path` (atomically); a file without both markers is left alone."""
-    from training.runfiles import atomic_write_bytes
-
-    text = path.read_text() if path.exists() else ""
-    if TABLES_START not in text or TABLES_END not in text or text.index(TABLES_START) > text.index(TABLES_END):
-        return False
-    head, rest = text.split(TABLES_START, 1)
-    tail = rest.split(TABLES_END, 1)[1]
-    atomic_write_bytes(path, f"{head}{TABLES_START}\n{tables}\n{TABLES_END}{tail}".encode())
-    return True
-
-
-def report(tag: str) -> None:
-    rows = load_rows(tag)
-    curve = base_knn_curve(tag)
-    if curve:
-        print("ssl base (MoCo v2, Fashion-MNIST) kNN on val: " + ", ".join(f"{s}: {v:.3f}" for s, v in curve))
-    if not rows:
-        print(f"no results yet in {RESULTS}/hpt_repro.*.json")
-        print("hpt steps-to-match speedup vs target: n/a (no results yet)")
-        return
-    summary = summarise(rows)
-    name = "hpt_repro" if tag == "full" else f"hpt_repro.{tag}"
-    table = [{"series": k[0], "data": k[1], "strategy": k[2], "steps": k[3], "protocol": k[4], **v}
-             for k, v in sorted(summary.items(), key=lambda kv: str(kv[0]))]
-    verdicts = claim_verdicts(rows)
-    (RESULTS / f"{name}.summary.json").write_text(json_dumps({"points": table, "ssl_base_knn": curve,
-                                                          "verdicts": verdicts}))
-    plot(summary, RESULTS / f"{name}.png")
-    lines_to_match = steps_to_match_lines(summary, rows)
-    for (series, data), (line, _) in lines_to_match.items():
-        print(f"\n{series} base, target {data}")
-        print(f"  {'strategy':16s} {'steps':>6s} {'linear (mean +- std, n)':>26s} {'1000-label':>24s}")
-        for strategy, steps in panel_keys(summary, series, data):
-            cells = [cell(summary.get((series, data, strategy, steps, protocol)))
-                     for protocol in ("linear", "semi_supervised")]
-            print(f"  {strategy:16s} {steps:>6d} {cells[0]:>26s} {cells[1]:>24s}")
-        if line:
-            print(f"  {line}")
-    if verdicts:
-        print(f"\npaired differences over seeds (first - second), 95% t-interval; verdict needs n >= {MIN_PAIRS}:")
-        for v in verdicts:
-            print(f"  {v['claim']:27s} {v['series']} {v['data']:13s} {v['protocol']:15s} {v['first']:>10s} - "
-                  f"{v['second']:<10s} {v['mean']:+.4f} [{signed(v['low'])}, {signed(v['high'])}] n={v['n']} "
-                  f"{v['verdict']}")
-    if tag == "full" and write_tables_into(RESULTS_MD, markdown_tables(summary, rows, verdicts, lines_to_match)):
-        print(f"\ntables written into {RESULTS_MD.relative_to(HERE.parent)} (between its hpt_repro markers)")
-    print(speedup_line(lines_to_match))
 
 
 def ensure_base_offline() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import hpt_repro  # noqa: E402  (the ssl series' recipe, for its variants)
+import hpt_series  # noqa: E402  (the ssl series' recipe, for its variants)
 RESULTS = HERE / "results" / "target_ablation.json"
 WORK = HERE / "_work" / "target_ablation"
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -42,7 +42,7 @@ REPRO = {"method": "moco", "arch": "mnv2", "channels": 3, "image_size": 64, "cro
          "lr": 0.03, "lr_reference_batch": 256, "momentum": 0.9, "weight_decay": 1e-4, "queue_size": 4096,
          "ema_momentum": 0.99, "temperature": 0.2, "proj_hidden": 2048, "proj_dim": 128, "bn_splits": 8,
          "augment": "moco"}
-_SSL = hpt_repro.NETWORKS["ssl"]  # the ssl series' network and MoCo recipe, taken from the series itself
+_SSL = hpt_series.NETWORKS["ssl"]  # the ssl series' network and MoCo recipe, taken from the series itself
 SSL_RECIPE = {**{key: _SSL[key] for key in ("arch", "channels", "crop_pct", "batch_size")},
               "image_size": _SSL["resolution"], **_SSL["moco"]}
 # one change each (name -> (overrides, what it tests))
