@@ -288,8 +288,11 @@ def report_family(path: Path, family: str, headline_sample: int) -> None:
 
 
 def short_name(name: str) -> str:
-    """A candidate's name, with its seed folder for the series' per-seed exports (hpt_50 of seed 0 vs 1)."""
+    """A candidate's name, with what tells the series' exports apart: the target and the seed for the ssl series'
+    (animals/seed1/hpt_50 vs digits/seed1/hpt_50, animals/base_bn), the seed folder for the others'."""
     path = Path(name)
+    if "ssl-r18c" in path.parts:
+        return "/".join(path.parts[path.parts.index("ssl-r18c") + 1:])
     return f"{path.parent.name}/{path.name}" if path.parent.name.startswith("seed") else path.name
 
 
