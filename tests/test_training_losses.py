@@ -141,8 +141,14 @@ def test_collapse_is_reported_only_when_queries_align_and_positives_are_no_close
     assert collapse_message({**collapsed, "cos_positive": 0.95}, 150) is None  # aligned but still discriminating
     assert collapse_message({}, 150) is None
     # from a pretrained base, "start from a base" would be no advice: it names the base and says to change it
-    from_base = collapse_message(collapsed, 50, "sup-imagenet-mnv2")
+    from_base = collapse_message(collapsed, 50, "sup-imagenet-mnv2", arch="mnv2")
     assert "started from sup-imagenet-mnv2" in from_base and "--init" not in from_base and "ResNet base" in from_base
+    # the MobileNetV2 advice is not given to runs it does not fit: a ResNet base, or HPT-BN from one (issue 13:
+    # HPT-BN from the ssl series' ResNet-18 base collapsed by step 50, HPT from it did not)
+    resnet = collapse_message(collapsed, 50, "moco-fashion_mnist-r18c-1132", arch="r18c")
+    assert "MobileNetV2" not in resnet and "lower lr" in resnet
+    bn_only = collapse_message(collapsed, 50, "moco-fashion_mnist-r18c-1132", arch="r18c", trainable="bn")
+    assert "HPT-BN" in bn_only and "strategy hpt" in bn_only and "continue from a ResNet" not in bn_only
     # a network whose output ignores the image (constant features) is flagged from its first forward
     constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16))
     with torch.no_grad():

@@ -433,7 +433,8 @@ def _train(config: dict, run_dir: Path, setup: Setup) -> Path:
                        "images_per_s": window_steps * config["batch_size"] / max(elapsed, 1e-9)}
                 if isinstance(method, MoCo):
                     row.update(method.pop_similarities())
-                    warning = None if collapse_warned else collapse_message(row, done, config["init"])
+                    warning = None if collapse_warned else collapse_message(
+                        row, done, config["init"], setup.backbone.arch, config["trainable"])
                     if warning and rank == 0:
                         collapse_warned = True
                         runfiles.say(warning)

@@ -50,13 +50,16 @@ def batch_similarities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.stack([positive, other, spread])
 
 
-def collapse_message(similarities: dict, step: int, init: str | None = None) -> str | None:
+def collapse_message(similarities: dict, step: int, init: str | None = None, arch: str | None = None,
+                     trainable: str = "all") -> str | None:
     """A warning when the logged similarities say the outputs have collapsed: every query points the same way
     and is no closer to its own positive key than to the other images' keys. From there MoCo lowers its loss
     only through the queue's age (keys computed now vs keys enqueued earlier), and it does not leave that
     state (issue 13: MobileNetV2 from scratch at 28-64 px, every recipe tried; ResNet-18 from scratch on digits;
     MobileNetV2 from its supervised ImageNet weights too). `init`: the pretrained start, if any, since the
-    advice differs: a run from scratch should start from a base, a run from a base should change the base.
+    advice differs: a run from scratch should start from a base, a run from a base should change the base; and
+    `arch` / `trainable`, since what was seen differs: a MobileNetV2 base collapses under HPT, a ResNet-18 base does
+    not, but its HPT-BN run (BN affine parameters only, at the study's 3x higher lr) did on digits.
     """
     if not similarities or similarities["query_spread"] < 0.99 or \
             similarities["cos_positive"] - similarities["cos_other"] > 0.01:
@@ -66,11 +69,22 @@ def collapse_message(similarities: dict, step: int, init: str | None = None) -> 
              f"({similarities['cos_other']:.4f}) as to its own positive ({similarities['cos_positive']:.4f}), so the "
              f"loss now falls only through the queue's age and the contrastive objective no longer tells images "
              f"apart. ")
-    if init:
+    if init and trainable == "bn":
+        return state + ("Seen in HPT-BN (only BatchNorm's affine parameters train, lr 0.1 at batch 256) by step 50 "
+                        "from the supervised MobileNetV2 and, on the 8x8 digits, from a ResNet-18 MoCo base (not on "
+                        "the animal silhouettes), where HPT from that base (every parameter, lr 0.03 at batch 256) "
+                        "did not collapse on either; the BN overlay it exported still probed about as well as HPT's "
+                        "(benchmarks/RESULTS.md, issue 13). For instance discrimination, train every parameter "
+                        "(strategy hpt); a lower lr for HPT-BN is untested")
+    if init and arch == "mnv2":
         return state + ("Seen from pretrained MobileNetV2 bases (HPT from the supervised ImageNet MobileNetV2 at "
                         "28-64 px collapses by step 50-250; what the backbone still gains then is adaptation to the "
                         "data, not instance discrimination): continue from a ResNet base (arch r18c/r18/r50); see "
                         "README 'Training your own backbone'")
+    if init:
+        return state + ("Not seen here from a ResNet base with every parameter training (HPT from a ResNet-18 MoCo "
+                        "base keeps its queries spread): check that --init is the base you meant (zoo info) and "
+                        "try a lower lr")
     return state + ("Seen from scratch with networks that keep no instance information at random init "
                     "(MobileNetV2 at small scale), and with a ResNet on a tiny low-resolution set (r18c on the "
                     "1,347 8x8 digits): start from a pretrained base (--init); from scratch, a ResNet (arch "
