@@ -264,10 +264,15 @@ def report_family(path: Path, family: str, headline_sample: int) -> None:
             quick, cost, unit = entry["cpu_s"], sum(full[r["name"]]["cpu_s"] for r in rows), "CPU s"
         else:
             quick, cost, unit = sum(r["seconds"] for r in rows), sum(full[r["name"]]["seconds"] for r in rows), "s"
-        taus, quick_cost, full_cost = summaries.get(entry["sample"], ([], 0.0, 0.0))
-        summaries[entry["sample"]] = (taus + [tau], quick_cost + quick, full_cost + cost)
+        # what a user acts on is the top pick: how far below the full probe's best is the full score of recommend's
+        # first choice (0 when it picks the best, or one tied with it)
+        pick = max(rows, key=lambda r: r["score"])["name"]
+        regret = max(full[r["name"]]["value"] for r in rows) - full[pick]["value"]
+        taus, quick_cost, full_cost, regrets = summaries.get(entry["sample"], ([], 0.0, 0.0, []))
+        summaries[entry["sample"]] = (taus + [tau], quick_cost + quick, full_cost + cost, regrets + [regret])
         print(f"\n{data}: {len(rows)} candidates, recommend sample {entry['sample']}: kendall tau-b {tau:.2f}, "
-              f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%)")
+              f"cost {quick:.0f} {unit} vs full probe {cost:.0f} {unit} ({100 * quick / cost:.1f}%); top pick "
+              f"{short_name(pick)}, {100 * regret:.1f} points below the full probe's best")
         retest = {r["name"]: r["value"] for r in results.get("retest", []) if r["data"] == data}
         if all(r["name"] in retest for r in rows):
             ceiling = kendall_tau_b([retest[r["name"]] for r in rows], [full[r["name"]]["value"] for r in rows])
@@ -279,8 +284,10 @@ def report_family(path: Path, family: str, headline_sample: int) -> None:
     print()
     headline = family == "mnv2"
     for sample in sorted(summaries, key=lambda s: (headline and s == headline_sample, s)):  # the headline last
-        taus, quick_cost, full_cost = summaries[sample]
+        taus, quick_cost, full_cost, regrets = summaries[sample]
         suffix = "" if headline and sample == headline_sample else f" ({family} pool, sample {sample})"
+        print(f"recommend top pick vs the full probe's best{suffix or f' ({family} pool, sample {sample})'}: "
+              f"{100 * sum(regrets) / len(regrets):.1f} points below on average, at most {100 * max(regrets):.1f}")
         print(f"recommend kendall tau vs full probe{suffix}: {sum(taus) / len(taus):.2f} at "
               f"{100 * quick_cost / full_cost:.1f}% of its cost ({len(taus)} data sets)")
     if headline and headline_sample not in summaries:
