@@ -1,7 +1,7 @@
 """The HPT reproduction's series, as data: the two bases, their networks and MoCo recipes, the ladders, the
 evaluation protocol, and where every run, export and result lives. `hpt_repro.py` trains and measures from this,
-`hpt_report.py` reads the results back; neither imports the other's code, so the report runs without a torch
-import and the runner without matplotlib or scipy.
+`hpt_report.py` reads the results back without importing torch (the runner calls its report() after a run and
+for --report; matplotlib and scipy load only when a report is made).
 """
 from __future__ import annotations
 

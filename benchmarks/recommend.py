@@ -286,7 +286,7 @@ def report_family(path: Path, family: str, headline_sample: int) -> None:
     for sample in sorted(summaries, key=lambda s: (headline and s == headline_sample, s)):  # the headline last
         taus, quick_cost, full_cost, regrets = summaries[sample]
         suffix = "" if headline and sample == headline_sample else f" ({family} pool, sample {sample})"
-        print(f"recommend top pick vs the full probe's best{suffix or f' ({family} pool, sample {sample})'}: "
+        print(f"recommend top pick vs the full probe's best ({family} pool, sample {sample}): "
               f"{100 * sum(regrets) / len(regrets):.1f} points below on average, at most {100 * max(regrets):.1f}")
         print(f"recommend kendall tau vs full probe{suffix}: {sum(taus) / len(taus):.2f} at "
               f"{100 * quick_cost / full_cost:.1f}% of its cost ({len(taus)} data sets)")
